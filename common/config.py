@@ -1,0 +1,82 @@
+"""One typed configuration per run, built in one place from Flower's run config or CLI flags."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from common.errors import ConfigError
+from common.preprocess import PreprocessSettings
+from common.training import TrainSettings
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A federation run. Flower run-config keys are these names in kebab-case (``num-server-rounds``)."""
+
+    num_server_rounds: int = 12
+    local_epochs: int = 3
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    diameter_weight: float = 1.0
+    proximal_mu: float = 0.0
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_nodes: int = 2
+    seed: int = 0
+    sites: str = ""  # simulation: comma-separated absolute site folders, one per virtual node
+    output_dir: str = ""  # server: absolute folder for checkpoints, history and the final model
+    cache_dir: str = ""  # client: preprocessed-input cache ("" = FEDAAA_CACHE_DIR or ~/.cache/fedaaa)
+    device: str = "auto"
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> "RunSettings":
+        known = {f.name: f for f in fields(cls)}
+        values = {}
+        for key, value in dict(run_config).items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown run-config key {key!r}")
+            typ = type(getattr(cls(), name))
+            try:
+                values[name] = typ(value) if typ is not bool else str(value).lower() in ("1", "true")
+            except (TypeError, ValueError):
+                raise ConfigError(f"run-config {key} must be {typ.__name__}, got {value!r}") from None
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    def validate(self) -> None:
+        if self.num_server_rounds < 1:
+            raise ConfigError("num-server-rounds must be at least 1")
+        if self.local_epochs < 1 or self.batch_size < 1:
+            raise ConfigError("local-epochs and batch-size must be at least 1")
+        if not 0 < self.fraction_train <= 1 or not 0 <= self.fraction_evaluate <= 1:
+            raise ConfigError("fraction-train must be in (0, 1] and fraction-evaluate in [0, 1]")
+        if self.learning_rate <= 0:
+            raise ConfigError("learning-rate must be positive")
+
+    def site_list(self) -> list[str]:
+        return [s.strip() for s in self.sites.split(",") if s.strip()]
+
+    def train_settings(self, server_round: int = 0) -> TrainSettings:
+        return TrainSettings(
+            local_epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            diameter_weight=self.diameter_weight,
+            proximal_mu=self.proximal_mu,
+            seed=self.seed + server_round,
+        )
+
+    def with_overrides(self, **changes) -> "RunSettings":
+        out = replace(self, **{k: v for k, v in changes.items() if v is not None})
+        out.validate()
+        return out
+
+
+PREPROCESS = PreprocessSettings()
