@@ -1,0 +1,104 @@
+"""Flower ClientApp: a hospital trains and evaluates the shared model on its own studies.
+
+Only weights and whitelisted scalar statistics leave this process: no pixels, paths, identifiers
+or per-study predictions.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from common.config import PREPROCESS, RunSettings
+from common.errors import ConfigError
+from common.model import AAANet
+from common.preprocess import InputCache
+from common.site import LoadedSplit, Site
+from common.training import evaluate_local, pick_device, train_local
+
+log = logging.getLogger("flwr.fedaaa.client")
+app = ClientApp()
+
+# Loaded splits stay in memory for the life of the process (a simulation's actors live across rounds;
+# a deployed SuperNode starts a process per message and relies on the on-disk cache instead).
+_LOADED: dict[tuple[str, str], LoadedSplit] = {}
+
+# The only metric keys a hospital ever sends.
+TRAIN_KEYS = {"train-loss", "num-examples", "skipped-studies"}
+EVALUATE_KEYS = {
+    "num-examples", "bce-sum", "tp", "fp", "tn", "fn", "diameter-n", "diameter-abs-err-sum",
+    "diameter-sq-err-sum", "hist-pos", "hist-neg", "skipped-studies",
+}
+
+
+def site_folder(context: Context, settings: RunSettings) -> Path:
+    """The site folder from node config (deployment) or the partition's entry in run config (simulation)."""
+    if "data-path" in context.node_config:
+        return Path(str(context.node_config["data-path"]))
+    sites = settings.site_list()
+    partition = int(context.node_config.get("partition-id", -1))
+    if not 0 <= partition < len(sites):
+        raise ConfigError(f"no site folder for this node: set node config data-path (partition {partition}, {len(sites)} sites)")
+    return Path(sites[partition])
+
+
+def _split(context: Context, settings: RunSettings, split: str) -> LoadedSplit:
+    root = site_folder(context, settings)
+    key = (str(root), split)
+    if key not in _LOADED:
+        cache_dir = context.node_config.get("cache-dir") or settings.cache_dir or None
+        _LOADED[key] = Site(root).load(split, PREPROCESS, InputCache(PREPROCESS, cache_dir))
+    return _LOADED[key]
+
+
+def _model_from(msg: Message, device: torch.device) -> AAANet:
+    model = AAANet()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model.to(device)
+
+
+def _settings(msg: Message, context: Context) -> tuple[RunSettings, int]:
+    """Run config, overridden by what the coordinator sent with this round."""
+    settings = RunSettings.from_run_config(context.run_config)
+    config = msg.content["config"] if "config" in msg.content else {}
+    overrides = {k.replace("-", "_"): v for k, v in config.items() if k != "server-round"}
+    return settings.with_overrides(**overrides), int(config.get("server-round", 0))
+
+
+def _reply(msg: Message, metrics: dict, allowed: set[str], arrays: ArrayRecord | None = None) -> Message:
+    leaked = set(metrics) - allowed
+    if leaked:  # a programming error, never silently sent
+        raise RuntimeError(f"refusing to send non-whitelisted metrics: {sorted(leaked)}")
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content=content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    settings, server_round = _settings(msg, context)
+    device = pick_device(str(context.node_config.get("device", settings.device)))
+    split = _split(context, settings, "train")
+    if split.data is None:
+        raise RuntimeError(f"no usable training studies at this site ({len(split.skipped)} skipped)")
+    model = _model_from(msg, device)
+    metrics = train_local(model, split.data, settings.train_settings(server_round), device)
+    metrics["skipped-studies"] = len(split.skipped)
+    log.info("round %d: trained on %d studies (%d skipped), loss %.4f", server_round, len(split), len(split.skipped), metrics["train-loss"])
+    return _reply(msg, metrics, TRAIN_KEYS, ArrayRecord(model.cpu().state_dict()))
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    settings, _ = _settings(msg, context)
+    device = pick_device(str(context.node_config.get("device", settings.device)))
+    split = _split(context, settings, "val")
+    if split.data is None:
+        raise RuntimeError(f"no usable validation studies at this site ({len(split.skipped)} skipped)")
+    stats = evaluate_local(_model_from(msg, device), split.data, device)
+    stats["skipped-studies"] = len(split.skipped)
+    return _reply(msg, stats, EVALUATE_KEYS)

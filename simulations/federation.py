@@ -1,0 +1,171 @@
+"""Run a whole federation on one machine with Flower's simulation engine.
+
+We start a private SuperLink in simulation mode (its own FLWR_HOME and a free loopback port), submit
+the FedAAA app to it with ``flwr run``, stream its log, and stop the SuperLink and everything it
+started when the run ends, so nothing is left running.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from common.config import RunSettings
+
+ROUND_RE = re.compile(r"\[ROUND (\d+)/(\d+)\]")
+STARTUP_TIMEOUT_S = 60
+
+
+class FederationError(RuntimeError):
+    """The simulated federation did not produce a model; the message says why in one line."""
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def _toml_table(values: dict) -> str:
+    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items())
+
+
+def write_app_dir(folder: Path) -> Path:
+    """A minimal Flower app: the components come from the installed FedAAA packages."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
+        '[project]\nname = "fedaaa-simulation"\nversion = "1.0.0"\ndependencies = []\n\n'
+        '[tool.flwr.app]\npublisher = "fedaaa"\n\n'
+        '[tool.flwr.app.components]\nserverapp = "server.app:app"\nclientapp = "client.app:app"\n\n'
+        "[tool.flwr.app.config]\n" + _toml_table(RunSettings().to_run_config())
+    )
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log_file: Path) -> None:
+    deadline = time.time() + STARTUP_TIMEOUT_S
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise FederationError(f"the SuperLink exited at start-up; see {log_file}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise FederationError(f"the SuperLink did not open port {port} within {STARTUP_TIMEOUT_S} s; see {log_file}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a process we started in its own session, and its whole process group."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_local_federation(
+    sites: list[Path],
+    output_dir: Path,
+    settings: RunSettings,
+    cpus_per_client: int | None = None,
+    on_round: Callable[[int, int], None] | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> dict:
+    """Run ``settings.num_server_rounds`` FedAvg rounds over ``sites``; return the parsed history.json.
+
+    ``on_round(k, n)`` is called as round k of n starts; ``on_line`` receives every log line.
+    The full log is kept at ``output_dir/federation.log``.
+    """
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings.with_overrides(
+        sites=",".join(str(Path(s).resolve()) for s in sites),
+        output_dir=str(output_dir),
+        min_nodes=min(settings.min_nodes, len(sites)),
+    )
+    cpus = cpus_per_client or max(1, os.cpu_count() or 1)
+    log_file = output_dir / "federation.log"
+    env = dict(os.environ)
+    env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    for stale in ("global_model.safetensors", "history.json"):
+        (output_dir / stale).unlink(missing_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix="fedaaa-flwr-") as tmp, log_file.open("w") as log:
+        tmp = Path(tmp)
+        env["FLWR_HOME"] = str(tmp / "home")
+        port = _free_port()
+        (tmp / "home").mkdir()
+        (tmp / "home" / "config.toml").write_text(
+            '[superlink]\ndefault = "fedaaa"\n\n[superlink.fedaaa]\n'
+            f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+            f"options.num-supernodes = {len(sites)}\n"
+            f"options.backend.client-resources.num-cpus = {cpus}\n"
+            "options.backend.client-resources.num-gpus = 0.0\n"
+        )
+        app_dir = write_app_dir(tmp / "app")
+        (tmp / "run_config.toml").write_text(_toml_table(settings.to_run_config()))
+        superlink = subprocess.Popen(
+            [
+                "flower-superlink", "--insecure", "--simulation", "--disable-runtime-dependency-installation",
+                "--host", "127.0.0.1", "--port", str(port), "--database", ":flwr-in-memory:",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp,
+        )
+        try:
+            _wait_for_port(port, superlink, log_file)
+            tail = deque(maxlen=30)
+            with subprocess.Popen(
+                ["flwr", "run", str(app_dir), "fedaaa", "--run-config", str(tmp / "run_config.toml"), "--stream"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, cwd=tmp,
+                start_new_session=True,
+            ) as runner:
+                try:
+                    for line in runner.stdout:
+                        log.write(line)
+                        log.flush()
+                        tail.append(line.rstrip())
+                        if on_line:
+                            on_line(line.rstrip())
+                        m = ROUND_RE.search(line)
+                        if m and on_round:
+                            on_round(int(m.group(1)), int(m.group(2)))
+                    runner.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    pass
+                finally:
+                    _stop(runner)
+        finally:
+            _stop(superlink)
+
+    model = output_dir / "global_model.safetensors"
+    if not model.is_file():
+        errors = [l for l in tail if "ERROR" in l or "Error" in l or "error" in l]
+        hint = (errors or list(tail) or ["no output"])[-1].strip()
+        raise FederationError(f"the federation produced no model ({hint[:200]}); full log: {log_file}")
+    return json.loads((output_dir / "history.json").read_text())

@@ -1,0 +1,145 @@
+"""`fedaaa simulate`: synthetic hospitals, a local Flower federation, and a held-out test of the result."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.metrics import compute_roc_auc
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from common.config import PREPROCESS, RunSettings
+from common.model import load_model
+from common.preprocess import InputCache
+from common.site import Site
+from common.training import evaluation_stats, pick_device, predict_dataset, summarize
+from simulations.federation import run_local_federation
+from simulations.synth import default_sites, write_federation
+
+
+@dataclass(frozen=True)
+class SimulationPlan:
+    output_dir: Path
+    data_dir: Path
+    n_sites: int = 3
+    studies_per_site: int = 60
+    matrix: int = 128
+    seed: int = 0
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+
+
+def prepare_inputs(sites: list[Path], cache: InputCache, console: Console) -> None:
+    """Decode and preprocess every study once, so federation rounds read only the cache."""
+    studies = [s for site in sites for s in Site(site).studies]
+    with _progress(console) as progress:
+        task = progress.add_task("Preparing model inputs", total=len(studies))
+        for study in studies:
+            try:
+                cache.load(study.path)
+            except Exception as err:  # reported again, per study, by the client that skips it
+                console.print(f"[yellow]skipping {study.study_id}: {err}")
+            progress.advance(task)
+
+
+def test_global_model(model_path: Path, sites: list[Path], cache: InputCache) -> dict:
+    """Exact metrics of the final model on the test splits, which no round trained or validated on."""
+    mf = load_model(model_path)
+    device = pick_device()
+    probs, diams, labels, truths = [], [], [], []
+    for site in sites:
+        split = Site(site).load("test", mf.preprocess, cache)
+        if split.data is None:
+            continue
+        p, d = predict_dataset(mf.model, split.data, device)
+        _, aaa, dt = split.data.tensors
+        probs.append(p), diams.append(d), labels.append(aaa.numpy()), truths.append(dt.numpy())
+    prob, diam, aaa, dtrue = (np.concatenate(v) for v in (probs, diams, labels, truths))
+    metrics = summarize(evaluation_stats(prob, diam, aaa, dtrue, mf.threshold))
+    metrics["auroc"] = float(compute_roc_auc(torch.from_numpy(prob), torch.from_numpy(aaa.astype(np.int64))))
+    metrics["n_aaa"] = int(aaa.sum())
+    return metrics
+
+
+def plot_learning_curve(history: dict, test: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r for r in history["rounds"] if r["round"] > 0]
+    x = [r["round"] for r in rounds]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(x, [r.get("train_loss") for r in rounds], "o-", label="train loss (mean over sites)")
+    ax1.plot(x, [r.get("val_bce") for r in rounds], "s-", label="validation BCE")
+    ax1b = ax1.twinx()
+    ax1b.plot(x, [r.get("val_auroc") for r in rounds], "^-", color="tab:green", label="validation AUROC")
+    ax1b.set_ylim(0.4, 1.01)
+    ax1b.axhline(test["auroc"], color="tab:green", ls=":", label=f"test AUROC {test['auroc']:.3f}")
+    ax1.set(xlabel="round", ylabel="loss", title="Detection")
+    ax1.legend(loc="upper left", fontsize=8), ax1b.legend(loc="lower right", fontsize=8)
+    ax2.plot(x, [r.get("val_diameter_mae_mm") for r in rounds], "o-", label="validation MAE")
+    ax2.axhline(test["diameter_mae_mm"], ls=":", color="k", label=f"test MAE {test['diameter_mae_mm']:.2f} mm")
+    ax2.set(xlabel="round", ylabel="mm", title="Maximum diameter error")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def round_table(history: dict) -> Table:
+    table = Table(title="Federated rounds (validation splits, aggregated across hospitals)")
+    for col in ("round", "sites", "train loss", "val AUROC", "val sens", "val spec", "val MAE mm", "elapsed s"):
+        table.add_column(col, justify="right")
+
+    def fmt(v, spec=".3f"):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+    for r in history["rounds"]:
+        if r["round"] == 0:
+            continue
+        table.add_row(
+            str(r["round"]), str(r.get("train_sites", "-")), fmt(r.get("train_loss"), ".4f"), fmt(r.get("val_auroc")),
+            fmt(r.get("val_sensitivity"), ".2f"), fmt(r.get("val_specificity"), ".2f"),
+            fmt(r.get("val_diameter_mae_mm"), ".2f"), fmt(r.get("elapsed_s"), ".0f"),
+        )
+    return table
+
+
+def simulate(plan: SimulationPlan, settings: RunSettings, console: Console | None = None) -> dict:
+    """Build (or reuse) synthetic hospitals, federate, and test; returns the test metrics."""
+    console = console or Console(stderr=True)
+    specs = default_sites(plan.n_sites, plan.studies_per_site, seed=plan.seed, matrix=plan.matrix)
+    with console.status("Synthesizing hospitals as DICOM...") as status:
+        sites = write_federation(plan.data_dir, specs, progress=lambda msg: status.update(f"Synthesizing {msg}"))
+    cache_dir = Path(settings.cache_dir) if settings.cache_dir else plan.data_dir / ".cache"
+    settings = settings.with_overrides(cache_dir=str(cache_dir.resolve()), seed=settings.seed)
+    cache = InputCache(PREPROCESS, cache_dir)
+    prepare_inputs(sites, cache, console)
+
+    with _progress(console) as progress:
+        task = progress.add_task("Federated rounds", total=settings.num_server_rounds)
+
+        def on_round(k: int, n: int) -> None:
+            progress.update(task, completed=k - 1, description=f"Federated round {k}/{n}")
+
+        history = run_local_federation(sites, plan.output_dir, settings, on_round=on_round)
+        progress.update(task, completed=settings.num_server_rounds, description="Federated rounds")
+    console.print(round_table(history))
+
+    model_path = plan.output_dir / "global_model.safetensors"
+    test = test_global_model(model_path, sites, cache)
+    (plan.output_dir / "test_metrics.json").write_text(json.dumps(test, indent=2))
+    plot_learning_curve(history, test, plan.output_dir / "learning_curve.png")
+    return test
