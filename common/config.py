@@ -16,7 +16,7 @@ class RunSettings:
     num_server_rounds: int = 12
     local_epochs: int = 3
     batch_size: int = 8
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     diameter_weight: float = 1.0
     proximal_mu: float = 0.0

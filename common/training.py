@@ -23,19 +23,11 @@ def pick_device(preference: str = "auto") -> torch.device:
 class TrainSettings:
     local_epochs: int = 3
     batch_size: int = 8
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     diameter_weight: float = 1.0
     proximal_mu: float = 0.0  # FedProx term; 0 is plain FedAvg
     seed: int = 0
-
-
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Left-right flips and in-plane shifts of a few voxels: anatomy varies, diameters do not."""
-    flip = torch.rand(x.shape[0], generator=gen) < 0.5
-    x = torch.where(flip[:, None, None, None, None].to(x.device), x.flip(2), x)
-    dx, dy = (int(v) for v in torch.randint(-3, 4, (2,), generator=gen))
-    return torch.roll(x, shifts=(dx, dy), dims=(2, 3))
 
 
 def train_local(model: AAANet, data: TensorDataset, settings: TrainSettings, device: torch.device) -> dict:
@@ -48,7 +40,7 @@ def train_local(model: AAANet, data: TensorDataset, settings: TrainSettings, dev
     total, seen = 0.0, 0
     for _ in range(settings.local_epochs):
         for x, aaa, diam in loader:
-            x, aaa, diam = _augment(x, gen).to(device), aaa.to(device), diam.to(device)
+            x, aaa, diam = x.to(device), aaa.to(device), diam.to(device)
             logit, pred = model(x)
             loss = aaa_loss(logit, pred, aaa, diam, settings.diameter_weight)
             if global_params is not None:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -72,20 +73,49 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log_file: Path) -> None:
     raise FederationError(f"the SuperLink did not open port {port} within {STARTUP_TIMEOUT_S} s; see {log_file}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a process we started in its own session, and its whole process group."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+def _live_processes() -> dict[int, tuple[int, str]]:
+    """Running (not zombie) processes: pid -> (process group, command line), read from /proc on Linux."""
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
             continue
+        if fields[0] != "Z":
+            found[int(proc.name)] = (int(fields[2]), cmd)
+    return found
+
+
+def _stop(proc: subprocess.Popen, marker: str | None = None, grace_s: float = 0.0) -> None:
+    """Stop a process we started in its own session, its process group, and the groups of every
+    process whose command line holds ``marker``.
+
+    The SuperLink launches the simulation process (which starts Ray and its workers) in a session
+    of its own, whose command line names the SuperLink's address: that is how we find it. It is
+    given ``grace_s`` to finish on its own (Ray's shutdown) before it is signalled.
+    """
+
+    def related() -> set[int]:
+        procs = _live_processes()
+        return {pgid for pid, (pgid, cmd) in procs.items() if marker and marker in cmd and pid != proc.pid}
+
+    deadline = time.time() + grace_s
+    while grace_s and related() and time.time() < deadline:
+        time.sleep(0.3)
+    groups = {proc.pid} | related()
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for pgid in groups:
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            live = {pgid for pgid, _ in _live_processes().values()}
+            if proc.poll() is not None and not groups & live:
+                return
+            time.sleep(0.2)
 
 
 def run_local_federation(
@@ -116,6 +146,24 @@ def run_local_federation(
     for stale in ("global_model.safetensors", "history.json"):
         (output_dir / stale).unlink(missing_ok=True)
 
+    # SIGTERM must unwind like Ctrl-C, so the finally blocks below stop what we started.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    try:
+        return _run(sites, output_dir, settings, cpus, log_file, env, on_round, on_line)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run(sites, output_dir, settings, cpus, log_file, env, on_round, on_line) -> dict:
     with tempfile.TemporaryDirectory(prefix="fedaaa-flwr-") as tmp, log_file.open("w") as log:
         tmp = Path(tmp)
         env["FLWR_HOME"] = str(tmp / "home")
@@ -161,7 +209,7 @@ def run_local_federation(
                 finally:
                     _stop(runner)
         finally:
-            _stop(superlink)
+            _stop(superlink, marker=f"127.0.0.1:{port}", grace_s=30.0)
 
     model = output_dir / "global_model.safetensors"
     if not model.is_file():

@@ -79,7 +79,7 @@ def test_local_training_measurably_learns(tiny_federation, cache_dir):
     model = AAANet()
     device = torch.device("cpu")
     before = summarize(evaluate_local(model, data, device))
-    out = train_local(model, data, TrainSettings(local_epochs=12, batch_size=4, learning_rate=3e-3), device)
+    out = train_local(model, data, TrainSettings(local_epochs=30, batch_size=4, learning_rate=1e-3), device)
     after = summarize(evaluate_local(model, data, device))
     assert out["num-examples"] == len(data)
     assert after["bce"] < 0.8 * before["bce"]
@@ -94,7 +94,8 @@ def test_statistics_add_up_and_give_auroc():
     s = evaluation_stats(prob, d_true + 2.0, aaa, d_true)
     halves = sum_stats([evaluation_stats(prob[:90], d_true[:90] + 2.0, aaa[:90], d_true[:90]),
                         evaluation_stats(prob[90:], d_true[90:] + 2.0, aaa[90:], d_true[90:])])
-    assert halves == s
+    for k, v in s.items():
+        assert halves[k] == (pytest.approx(v) if isinstance(v, float) else v)
     m = summarize(s)
     assert m["diameter_mae_mm"] == pytest.approx(2.0)
     assert m["auroc"] == pytest.approx(1.0, abs=0.02)

@@ -1,0 +1,163 @@
+"""The federation: what a hospital sends, a real 2-site Flower simulation, and predict on its model."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from client import app as client_app
+from common.config import RunSettings
+from common.model import AAANet, load_model
+from simulations.federation import run_local_federation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _superlinks() -> set[str]:
+    """Running (not zombie) Flower server-side processes on this machine."""
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if state != "Z" and ("flower-superlink" in cmd or "flwr-simulation" in cmd):
+            found.add(f"{proc.name} {cmd[:80]}")
+    return found
+
+
+def test_pyproject_run_config_matches_typed_defaults():
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        declared = tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+    assert RunSettings.from_run_config(declared) == RunSettings()
+    assert set(declared) == set(RunSettings().to_run_config())
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """Messages are built outside a Flower runtime here; give them the identity a runtime would."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+def _context(site: Path, cache: Path) -> Context:
+    run_config = RunSettings(local_epochs=1, cache_dir=str(cache)).to_run_config()
+    return Context(run_id=1, node_id=7, node_config={"data-path": str(site)}, state=RecordDict(), run_config=run_config)
+
+
+def test_client_sends_only_weights_and_whitelisted_scalars(tiny_federation, cache_dir):
+    model = AAANet()
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1, "learning-rate": 1e-3})})
+    msg = Message(content=content, dst_node_id=7, message_type="train")
+    reply = client_app.train(msg, _context(tiny_federation[0], cache_dir))
+    metrics = dict(reply.content["metrics"])
+    assert set(metrics) <= client_app.TRAIN_KEYS
+    n_train = sum(1 for line in (tiny_federation[0] / "manifest.csv").read_text().splitlines() if line.endswith(("train,M", "train,F")))
+    assert metrics["num-examples"] == n_train  # examples, not batches
+    new = reply.content["arrays"].to_torch_state_dict()
+    assert set(new) == set(model.state_dict())
+    assert any(not torch.equal(new[k], v) for k, v in model.state_dict().items())  # it trained
+
+    eval_msg = Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}), dst_node_id=7, message_type="evaluate")
+    stats = dict(client_app.evaluate(eval_msg, _context(tiny_federation[0], cache_dir)).content["metrics"])
+    assert set(stats) <= client_app.EVALUATE_KEYS
+    assert stats["tp"] + stats["fp"] + stats["tn"] + stats["fn"] == stats["num-examples"]
+    leaked = json.dumps(stats) + json.dumps(metrics)
+    assert "hospital-a" not in leaked and "a-00" not in leaked
+
+
+def test_client_skips_a_broken_study_and_trains_on(tiny_federation, tmp_path):
+    import shutil
+
+    site = tmp_path / "site"
+    shutil.copytree(tiny_federation[0], site)
+    train_row = next(l for l in (site / "manifest.csv").read_text().splitlines() if ",train," in l)
+    study = site / train_row.split(",")[1]
+    for f in study.iterdir():
+        f.write_bytes(b"garbage")
+    client_app._LOADED.clear()
+    msg = Message(content=RecordDict({"arrays": ArrayRecord(AAANet().state_dict()), "config": ConfigRecord({"server-round": 1})}), dst_node_id=7, message_type="train")
+    metrics = dict(client_app.train(msg, _context(site, tmp_path / "cache")).content["metrics"])
+    assert metrics["skipped-studies"] == 1 and metrics["num-examples"] >= 1
+    client_app._LOADED.clear()
+
+
+@pytest.fixture(scope="module")
+def federation_run(tiny_federation, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    before = _superlinks()
+    settings = RunSettings(num_server_rounds=2, local_epochs=1, cache_dir=str(cache_dir))
+    history = run_local_federation(tiny_federation, out, settings)
+    return out, history, before
+
+
+def test_simulation_writes_checkpoints_history_and_model(federation_run):
+    out, history, before = federation_run
+    assert [r["round"] for r in history["rounds"]] == [0, 1, 2]
+    for r in history["rounds"][1:]:
+        assert r["train_sites"] == 2 and r["val_sites"] == 2
+        assert r["train_examples"] > 0 and 0 <= r["val_auroc"] <= 1 and r["val_diameter_mae_mm"] > 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"round-00{i}.safetensors" for i in range(3)]
+    mf = load_model(out / "global_model.safetensors")
+    assert mf.round == 2
+    final = load_model(out / "checkpoints" / "round-002.safetensors").model.state_dict()
+    initial = load_model(out / "checkpoints" / "round-000.safetensors").model.state_dict()
+    assert all(torch.equal(v, final[k]) for k, v in mf.model.state_dict().items())
+    assert any(not torch.equal(v, initial[k]) for k, v in final.items())
+    assert "sites" not in history["settings"]  # no local paths in the shared record
+    assert _superlinks() <= before  # nothing left running
+
+
+def _fedaaa(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedaaa.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_predict_answers_in_order_and_refuses_bad_inputs(federation_run, tiny_federation, tmp_path):
+    out, _, _ = federation_run
+    good = sorted((tiny_federation[0] / "studies").iterdir())[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "image.dcm").write_bytes(np.random.default_rng(1).bytes(2048))
+    mr = tmp_path / "mr"
+    import shutil
+
+    import pydicom
+
+    shutil.copytree(good, mr)
+    for f in mr.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.Modality = "MR"
+        ds.save_as(f)
+
+    res = _fedaaa("predict", str(good), str(empty), str(junk), str(mr), "--model", str(out / "global_model.safetensors"), "--json")
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    answers = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [a["input"] for a in answers] == [str(good), str(empty), str(junk), str(mr)]
+    ok = answers[0]
+    assert isinstance(ok["aaa_present"], bool) and 0 <= ok["aaa_probability"] <= 1
+    assert 5 < ok["max_diameter_mm"] < 150 and ok["category"] and isinstance(ok["warnings"], list)
+    assert "empty folder" in answers[1]["error"]
+    assert "no readable DICOM" in answers[2]["error"]
+    assert "modality MR" in answers[3]["error"]
+
+    only_good = _fedaaa("predict", str(good), "--model", str(out / "global_model.safetensors"))
+    assert only_good.returncode == 0 and "maximum diameter" in only_good.stdout and "not a medical device" in only_good.stdout
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    res = _fedaaa("predict", str(tmp_path), "--model", str(tmp_path / "missing.safetensors"))
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("error:") and "missing.safetensors" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
