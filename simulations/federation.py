@@ -55,13 +55,13 @@ def write_app_dir(folder: Path) -> Path:
     return folder
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, log_file: Path) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, log_file: Path) -> None:
     deadline = time.time() + STARTUP_TIMEOUT_S
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -87,7 +87,7 @@ def _live_processes() -> dict[int, tuple[int, str]]:
     return found
 
 
-def _stop(proc: subprocess.Popen, marker: str | None = None, grace_s: float = 0.0) -> None:
+def stop_process_tree(proc: subprocess.Popen, marker: str | None = None, grace_s: float = 0.0) -> None:
     """Stop a process we started in its own session, its process group, and the groups of every
     process whose command line holds ``marker``.
 
@@ -167,7 +167,7 @@ def _run(sites, output_dir, settings, cpus, log_file, env, on_round, on_line) ->
     with tempfile.TemporaryDirectory(prefix="fedaaa-flwr-") as tmp, log_file.open("w") as log:
         tmp = Path(tmp)
         env["FLWR_HOME"] = str(tmp / "home")
-        port = _free_port()
+        port = free_port()
         (tmp / "home").mkdir()
         (tmp / "home" / "config.toml").write_text(
             '[superlink]\ndefault = "fedaaa"\n\n[superlink.fedaaa]\n'
@@ -186,7 +186,7 @@ def _run(sites, output_dir, settings, cpus, log_file, env, on_round, on_line) ->
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp,
         )
         try:
-            _wait_for_port(port, superlink, log_file)
+            wait_for_port(port, superlink, log_file)
             tail = deque(maxlen=30)
             with subprocess.Popen(
                 ["flwr", "run", str(app_dir), "fedaaa", "--run-config", str(tmp / "run_config.toml"), "--stream"],
@@ -207,9 +207,9 @@ def _run(sites, output_dir, settings, cpus, log_file, env, on_round, on_line) ->
                 except subprocess.TimeoutExpired:
                     pass
                 finally:
-                    _stop(runner)
+                    stop_process_tree(runner)
         finally:
-            _stop(superlink, marker=f"127.0.0.1:{port}", grace_s=30.0)
+            stop_process_tree(superlink, marker=f"127.0.0.1:{port}", grace_s=30.0)
 
     model = output_dir / "global_model.safetensors"
     if not model.is_file():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -20,17 +21,17 @@ from simulations.federation import run_local_federation
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _superlinks() -> set[str]:
-    """Running (not zombie) Flower server-side processes on this machine."""
-    found = set()
+def _running_with(marker: str) -> list[str]:
+    """Running (not zombie) processes whose command line holds ``marker``."""
+    found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if state != "Z" and ("flower-superlink" in cmd or "flwr-simulation" in cmd):
-            found.add(f"{proc.name} {cmd[:80]}")
+        if state != "Z" and marker in cmd:
+            found.append(f"{proc.name} {cmd[:100]}")
     return found
 
 
@@ -94,14 +95,13 @@ def test_client_skips_a_broken_study_and_trains_on(tiny_federation, tmp_path):
 @pytest.fixture(scope="module")
 def federation_run(tiny_federation, cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    before = _superlinks()
     settings = RunSettings(num_server_rounds=2, local_epochs=1, cache_dir=str(cache_dir))
     history = run_local_federation(tiny_federation, out, settings)
-    return out, history, before
+    return out, history
 
 
 def test_simulation_writes_checkpoints_history_and_model(federation_run):
-    out, history, before = federation_run
+    out, history = federation_run
     assert [r["round"] for r in history["rounds"]] == [0, 1, 2]
     for r in history["rounds"][1:]:
         assert r["train_sites"] == 2 and r["val_sites"] == 2
@@ -114,7 +114,8 @@ def test_simulation_writes_checkpoints_history_and_model(federation_run):
     assert all(torch.equal(v, final[k]) for k, v in mf.model.state_dict().items())
     assert any(not torch.equal(v, initial[k]) for k, v in final.items())
     assert "sites" not in history["settings"]  # no local paths in the shared record
-    assert _superlinks() <= before  # nothing left running
+    port = re.search(r"Runtime HTTP API on 127\.0\.0\.1:(\d+)", (out / "federation.log").read_text()).group(1)
+    assert _running_with(f"127.0.0.1:{port}") == []  # the SuperLink, simulation and Ray are gone
 
 
 def _fedaaa(*args: str) -> subprocess.CompletedProcess:
@@ -122,7 +123,7 @@ def _fedaaa(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_predict_answers_in_order_and_refuses_bad_inputs(federation_run, tiny_federation, tmp_path):
-    out, _, _ = federation_run
+    out, _ = federation_run
     good = sorted((tiny_federation[0] / "studies").iterdir())[0]
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -1,0 +1,62 @@
+"""A real deployment on loopback: a SuperLink, two SuperNodes whose site folders arrive through node config."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from common.model import load_model
+from common.site import Site
+from simulations.federation import free_port, stop_process_tree, wait_for_port, write_app_dir
+
+BIN = Path(sys.executable).parent
+
+
+def _start(args: list[str], home: Path, log: Path) -> subprocess.Popen:
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def test_superlink_and_two_supernodes_train_a_round(tiny_federation, cache_dir, tmp_path):
+    port = free_port()
+    started: list[tuple[subprocess.Popen, str]] = []
+    try:
+        link = _start([str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+                       "--host", "127.0.0.1", "--port", str(port)], tmp_path / "link", tmp_path / "superlink.log")
+        started.append((link, f"127.0.0.1:{port}"))
+        wait_for_port(port, link, tmp_path / "superlink.log")
+        for i, site in enumerate(tiny_federation):
+            node_port = free_port()
+            node = _start(
+                [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(node_port),
+                 "--node-config", f'data-path="{site}" cache-dir="{cache_dir}"'],
+                tmp_path / f"node{i}", tmp_path / f"node{i}.log",
+            )
+            started.append((node, f"127.0.0.1:{node_port}"))
+        (tmp_path / "link" / "config.toml").write_text(
+            f'[superlink]\ndefault = "test"\n[superlink.test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        )
+        out = tmp_path / "out"
+        env = dict(os.environ, FLWR_HOME=str(tmp_path / "link"), FLWR_TELEMETRY_ENABLED="0")
+        run = subprocess.run(
+            [str(BIN / "flwr"), "run", str(write_app_dir(tmp_path / "app")), "test", "--stream",
+             "--run-config", f'num-server-rounds=1 local-epochs=1 output-dir="{out}"'],
+            capture_output=True, text=True, env=env, timeout=400,
+        )
+        assert (out / "global_model.safetensors").is_file(), run.stdout[-3000:]
+    finally:
+        for proc, marker in reversed(started):
+            stop_process_tree(proc, marker=marker)
+
+    import json
+
+    history = json.loads((out / "history.json").read_text())
+    last = history["rounds"][-1]
+    n_train = sum(len(Site(s).split("train")) for s in tiny_federation)
+    n_val = sum(len(Site(s).split("val")) for s in tiny_federation)
+    assert last["train_sites"] == 2 and last["train_examples"] == n_train
+    assert last["val_sites"] == 2 and last["val_n"] == n_val
+    assert load_model(out / "global_model.safetensors").round == 1
