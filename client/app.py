@@ -60,12 +60,17 @@ def _model_from(msg: Message, device: torch.device) -> AAANet:
     return model.to(device)
 
 
-def _settings(msg: Message, context: Context) -> tuple[RunSettings, int]:
-    """Run config, overridden by what the coordinator sent with this round."""
+def _prepare(msg: Message, context: Context, split_name: str):
+    """Settings (run config overridden by what the coordinator sent), round, device, model and data."""
     settings = RunSettings.from_run_config(context.run_config)
     config = msg.content["config"] if "config" in msg.content else {}
     overrides = {k.replace("-", "_"): v for k, v in config.items() if k != "server-round"}
-    return settings.with_overrides(**overrides), int(config.get("server-round", 0))
+    settings = settings.with_overrides(**overrides)
+    device = pick_device(str(context.node_config.get("device", settings.device)))
+    split = _split(context, settings, split_name)
+    if split.data is None:
+        raise RuntimeError(f"no usable {split_name} studies at this site ({len(split.skipped)} skipped)")
+    return settings, int(config.get("server-round", 0)), device, _model_from(msg, device), split
 
 
 def _reply(msg: Message, metrics: dict, allowed: set[str], arrays: ArrayRecord | None = None) -> Message:
@@ -80,12 +85,7 @@ def _reply(msg: Message, metrics: dict, allowed: set[str], arrays: ArrayRecord |
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    settings, server_round = _settings(msg, context)
-    device = pick_device(str(context.node_config.get("device", settings.device)))
-    split = _split(context, settings, "train")
-    if split.data is None:
-        raise RuntimeError(f"no usable training studies at this site ({len(split.skipped)} skipped)")
-    model = _model_from(msg, device)
+    settings, server_round, device, model, split = _prepare(msg, context, "train")
     metrics = train_local(model, split.data, settings.train_settings(server_round), device)
     metrics["skipped-studies"] = len(split.skipped)
     log.info("round %d: trained on %d studies (%d skipped), loss %.4f", server_round, len(split), len(split.skipped), metrics["train-loss"])
@@ -94,11 +94,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    settings, _ = _settings(msg, context)
-    device = pick_device(str(context.node_config.get("device", settings.device)))
-    split = _split(context, settings, "val")
-    if split.data is None:
-        raise RuntimeError(f"no usable validation studies at this site ({len(split.skipped)} skipped)")
-    stats = evaluate_local(_model_from(msg, device), split.data, device)
+    _, _, device, model, split = _prepare(msg, context, "val")
+    stats = evaluate_local(model, split.data, device)
     stats["skipped-studies"] = len(split.skipped)
     return _reply(msg, stats, EVALUATE_KEYS)
