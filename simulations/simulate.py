@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from common.config import PREPROCESS, RunSettings
+from common.errors import ConfigError
 from common.model import load_model
 from common.preprocess import InputCache
 from common.site import Site
@@ -64,6 +65,8 @@ def test_global_model(model_path: Path, sites: list[Path], cache: InputCache) ->
         p, d = predict_dataset(mf.model, split.data, device)
         _, aaa, dt = split.data.tensors
         probs.append(p), diams.append(d), labels.append(aaa.numpy()), truths.append(dt.numpy())
+    if not probs:
+        raise ConfigError("no usable test studies in any site: nothing to test the global model on")
     prob, diam, aaa, dtrue = (np.concatenate(v) for v in (probs, diams, labels, truths))
     metrics = summarize(evaluation_stats(prob, diam, aaa, dtrue, mf.threshold))
     metrics["auroc"] = float(compute_roc_auc(torch.from_numpy(prob), torch.from_numpy(aaa.astype(np.int64))))
