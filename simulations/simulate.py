@@ -127,7 +127,7 @@ def simulate(plan: SimulationPlan, settings: RunSettings, console: Console | Non
     with console.status("Synthesizing hospitals as DICOM...") as status:
         sites = write_federation(plan.data_dir, specs, progress=lambda msg: status.update(f"Synthesizing {msg}"))
     cache_dir = Path(settings.cache_dir) if settings.cache_dir else plan.data_dir / ".cache"
-    settings = settings.with_overrides(cache_dir=str(cache_dir.resolve()), seed=settings.seed)
+    settings = settings.with_overrides(cache_dir=str(cache_dir.resolve()))
     cache = InputCache(PREPROCESS, cache_dir)
     prepare_inputs(sites, cache, console)
 
