@@ -1,185 +1,469 @@
-"""Reading one CT study (a folder of DICOM files) into a HU volume with its true geometry."""
+"""Reading one CT study into a HU volume with its true geometry, whatever a PACS export looks like.
+
+A study is a folder of DICOM files (any nesting, any names, stray files allowed), one Enhanced CT
+multi-frame file, or a NIfTI file. :func:`read_study` picks the primary axial CT series, sorts its slices
+by position, takes the spacing from the positions, corrects gantry tilt, interpolates a few missing
+slices (with a warning) and returns a :class:`CTVolume` in canonical RAS orientation. Anything it cannot
+read right is refused with a one-line :class:`StudyError`.
+"""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_rescale
+from pydicom.pixels import pixel_array
+from scipy.ndimage import shift as nd_shift
 
 from common.errors import StudyError
+from common.nifti_io import is_nifti, read_nifti
+from common.volume import AIR_HU, MIN_COVERAGE_MM, MIN_SLICES, CTVolume, finish_volume
 
-CT_IMAGE_STORAGE = {
-    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
-}
-MIN_SLICES = 8
-MIN_COVERAGE_MM = 60.0
+__all__ = ["CTVolume", "read_study", "read_dicom_study", "MIN_SLICES", "MIN_COVERAGE_MM"]
+
+CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM", "PILOT"}
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+MAX_MISSING_RUN = 2          # at most this many consecutive missing slices are interpolated...
+MAX_MISSING_FRACTION = 0.05  # ...and at most this share of the series (at least one slice)
+MAX_TILT_DEG = 30.0
+UNIFORM_TOLERANCE = 0.1      # a gap within 10% of the median spacing is regular
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 @dataclass
-class CTVolume:
-    """A CT volume in Hounsfield units.
+class _Frame:
+    """One image plane: a single-frame file, or one frame of a multi-frame file."""
 
-    ``hu`` is indexed ``[column, row, slice]`` (i, j, k) and ``affine`` maps (i, j, k, 1) to RAS
-    millimetres, as MONAI and NIfTI expect. ``info`` holds acquisition facts only, never identifiers.
-    """
-
-    hu: np.ndarray
-    affine: np.ndarray
-    info: dict = field(default_factory=dict)
+    path: Path
+    ds: pydicom.Dataset
+    index: int | None          # frame number in a multi-frame file
+    iop: np.ndarray            # row direction (3) + column direction (3), LPS
+    ipp: np.ndarray            # centre of the first pixel, LPS mm
+    pixel_spacing: np.ndarray  # (between rows, between columns) mm
+    slope: float
+    intercept: float
 
     @property
-    def spacing(self) -> tuple[float, float, float]:
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+    def uid(self) -> str:
+        return f"{self.ds.get('SOPInstanceUID', self.path)}#{self.index}"
 
 
-def _dicom_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+# --------------------------------------------------------------------------------------- scanning
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts))
 
 
-def _read_headers(folder: Path) -> tuple[list[tuple[Path, pydicom.Dataset]], int]:
-    """Every readable DICOM dataset under ``folder`` (pixel data read lazily) and the count of others."""
-    datasets, not_dicom = [], 0
-    for path in _dicom_files(folder):
-        if path.name.upper() == "DICOMDIR":
-            continue
-        try:
-            ds = pydicom.dcmread(path, defer_size="1 KB")
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
-            not_dicom += 1
-            continue
-        datasets.append((path, ds))
-    return datasets, not_dicom
-
-
-def _is_image_ct(ds: pydicom.Dataset) -> bool:
-    image_type = [str(v).upper() for v in ds.get("ImageType", [])]
-    return (
-        str(ds.get("Modality", "")).upper() == "CT"
-        and "PixelData" in ds
-        and "LOCALIZER" not in image_type
-        and "ImagePositionPatient" in ds
-    )
-
-
-def _choose_series(folder: Path, datasets: list[tuple[Path, pydicom.Dataset]]):
-    """The CT image series with the most slices; a clear error when there is none."""
-    if not datasets:
-        raise StudyError(folder, "no DICOM files found")
-    series = defaultdict(list)
-    for path, ds in datasets:
-        if _is_image_ct(ds):
-            series[str(ds.get("SeriesInstanceUID", ""))].append((path, ds))
-    if not series:
-        modalities = sorted({str(ds.get("Modality", "unknown")) for _, ds in datasets})
-        raise StudyError(folder, f"no CT image series (found modality {', '.join(modalities)})")
-    return max(series.values(), key=len)
-
-
-def _float_list(ds: pydicom.Dataset, keyword: str, n: int, path: Path) -> np.ndarray:
+def _has_dicom_magic(path: Path) -> bool:
     try:
-        values = np.array([float(v) for v in ds[keyword].value], dtype=float)
-    except (KeyError, TypeError, ValueError) as exc:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _read_header(path: Path) -> pydicom.Dataset | None:
+    """The file's dataset (pixel data left on disk), None when it is not DICOM at all."""
+    magic = _has_dicom_magic(path)
+    try:
+        ds = pydicom.dcmread(path, defer_size="1 KB", force=not magic)
+        if not magic and "SOPClassUID" not in ds:
+            return None  # forced reading of a non-DICOM file gives a meaningless dataset
+        ds.get("Modality")  # touch an element so that a header torn mid-way fails here
+        return ds
+    except Exception as exc:  # pydicom raises many types for torn files
+        if not magic and isinstance(exc, (InvalidDicomError, EOFError, ValueError, KeyError, TypeError,
+                                          AttributeError, OSError, OverflowError, NotImplementedError)):
+            return None
+        raise StudyError(path, f"DICOM file is truncated or corrupt ({_one_line(exc)})") from exc
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str:
+    try:
+        value = ds.get(keyword, "")
+        if isinstance(value, pydicom.multival.MultiValue):
+            return "\\".join(str(v) for v in value).strip().upper()
+        return str(value if value is not None else "").strip()
+    except Exception:
+        return ""
+
+
+def _series_key(ds: pydicom.Dataset) -> str:
+    return _text(ds, "SeriesInstanceUID") or "(no SeriesInstanceUID)"
+
+
+def _series_label(ds: pydicom.Dataset, n: int) -> str:
+    number = _text(ds, "SeriesNumber") or "?"
+    description = _text(ds, "SeriesDescription")
+    return f"series {number}{f' ({description})' if description else ''}, {n} image{'s' * (n != 1)}"
+
+
+def _skip_reason(datasets: list[pydicom.Dataset]) -> str | None:
+    """Why a series is not a CT image series (None when it is one)."""
+    ds = datasets[0]
+    modality = _text(ds, "Modality").upper()
+    sop = _text(ds, "SOPClassUID")
+    if modality != "CT":
+        return f"modality {modality or 'unknown'}"
+    if sop.startswith(SECONDARY_CAPTURE_PREFIX):
+        return "secondary capture"
+    if any("PixelData" not in d for d in datasets):
+        return "no pixel data"
+    if any(set(_text(d, "ImageType").upper().split("\\")) & LOCALIZER_TYPES for d in datasets):
+        return "localizer"
+    if sop and sop not in (CT_STORAGE, ENHANCED_CT_STORAGE):
+        return f"not a CT image object (SOP class {sop})"
+    return None
+
+
+# --------------------------------------------------------------------------------------- frames
+def _floats(value, n: int, path: Path, keyword: str) -> np.ndarray:
+    try:
+        arr = np.array([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError) as exc:
         raise StudyError(path, f"missing or invalid {keyword}") from exc
-    if values.shape != (n,) or not np.all(np.isfinite(values)):
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
         raise StudyError(path, f"{keyword} must have {n} finite numbers")
-    return values
+    return arr
 
 
-def _geometry(folder: Path, series):
-    """Sort slices along the slice normal; return (sorted series, affine in LPS, slice spacing)."""
-    path0, ds0 = series[0]
-    iop = _float_list(ds0, "ImageOrientationPatient", 6, path0)
-    row_dir, col_dir = iop[:3], iop[3:]
-    normal = np.cross(row_dir, col_dir)
-    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
-        raise StudyError(path0, "ImageOrientationPatient is not two orthogonal unit vectors")
-    for path, ds in series:
-        if not np.allclose(_float_list(ds, "ImageOrientationPatient", 6, path), iop, atol=1e-3):
-            raise StudyError(folder, "slices of the series have different orientations")
-    positions = np.array([_float_list(ds, "ImagePositionPatient", 3, p) for p, ds in series])
-    depth = positions @ normal
+def _float(value, default: float, path: Path, keyword: str) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        out = float(value[0] if isinstance(value, (list, pydicom.multival.MultiValue)) else value)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise StudyError(path, f"invalid {keyword} {value!r}") from exc
+    if not np.isfinite(out):
+        raise StudyError(path, f"{keyword} must be a finite number")
+    return out
+
+
+def _group(item_sets, keyword: str, attribute: str):
+    """The first value of ``keyword[0].attribute`` in the per-frame, then the shared functional groups."""
+    for items in item_sets:
+        if items is not None and keyword in items and len(items[keyword].value):
+            inner = items[keyword].value[0]
+            if attribute in inner:
+                return inner[attribute].value
+    return None
+
+
+def _frames_of(path: Path, ds: pydicom.Dataset) -> list[_Frame]:
+    try:
+        n_frames = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError) as exc:
+        raise StudyError(path, f"invalid NumberOfFrames {ds.get('NumberOfFrames')!r}") from exc
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        if n_frames != 1:
+            raise StudyError(path, f"multi-frame file ({n_frames} frames) without per-frame positions")
+        return [_Frame(
+            path, ds, None,
+            _floats(ds.get("ImageOrientationPatient"), 6, path, "ImageOrientationPatient"),
+            _floats(ds.get("ImagePositionPatient"), 3, path, "ImagePositionPatient"),
+            _floats(ds.get("PixelSpacing"), 2, path, "PixelSpacing"),
+            _float(ds.get("RescaleSlope"), 1.0, path, "RescaleSlope"),
+            _float(ds.get("RescaleIntercept"), 0.0, path, "RescaleIntercept"))]
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
+    if len(per_frame) != n_frames:
+        raise StudyError(path, f"{len(per_frame)} per-frame descriptions for {n_frames} frames")
+    frames = []
+    for i, item in enumerate(per_frame):
+        sets = (item, shared)
+        frames.append(_Frame(
+            path, ds, i,
+            _floats(_group(sets, "PlaneOrientationSequence", "ImageOrientationPatient"), 6, path, "ImageOrientationPatient"),
+            _floats(_group(sets, "PlanePositionSequence", "ImagePositionPatient"), 3, path, "ImagePositionPatient"),
+            _floats(_group(sets, "PixelMeasuresSequence", "PixelSpacing"), 2, path, "PixelSpacing"),
+            _float(_group(sets, "PixelValueTransformationSequence", "RescaleSlope") or ds.get("RescaleSlope"), 1.0, path, "RescaleSlope"),
+            _float(_group(sets, "PixelValueTransformationSequence", "RescaleIntercept") or ds.get("RescaleIntercept"),
+                   0.0, path, "RescaleIntercept")))
+    return frames
+
+
+def _normal(frame: _Frame) -> np.ndarray:
+    row, col = frame.iop[:3], frame.iop[3:]
+    if not (np.isclose(np.linalg.norm(row), 1, atol=1e-2) and np.isclose(np.linalg.norm(col), 1, atol=1e-2)
+            and abs(row @ col) < 1e-2):
+        raise StudyError(frame.path, "ImageOrientationPatient is not two orthogonal unit vectors")
+    n = np.cross(row, col)
+    return n / np.linalg.norm(n)
+
+
+def _plane_name(normal: np.ndarray) -> str:
+    return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
+
+
+# --------------------------------------------------------------------------------------- series
+@dataclass
+class _Candidate:
+    label: str
+    frames: list[_Frame]
+    plane: str
+
+
+def _choose_series(source: Path, headers: list[tuple[Path, pydicom.Dataset]]) -> tuple[_Candidate, list[str]]:
+    """The primary CT series: axial before other planes, then the most images; and why others lost."""
+    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    for path, ds in headers:
+        series[_series_key(ds)].append((path, ds))
+    candidates, skipped, found = [], [], []
+    for members in series.values():
+        datasets = [ds for _, ds in members]
+        label = _series_label(datasets[0], len(members))
+        reason = _skip_reason(datasets)
+        if reason:
+            skipped.append(f"{label}: {reason}")
+            found.append(reason)
+            continue
+        frames = [f for path, ds in members for f in _frames_of(path, ds)]
+        candidates.append(_Candidate(label, frames, _plane_name(_normal(frames[0]))))
+    if not candidates:
+        raise StudyError(source, f"no CT image series (found {', '.join(sorted(set(found)))})")
+    candidates.sort(key=lambda c: (c.plane != "axial", -len({tuple(np.round(f.ipp, 2)) for f in c.frames})))
+    chosen = candidates[0]
+    for other in candidates[1:]:
+        why = "not axial" if other.plane != "axial" and chosen.plane == "axial" else "fewer slices"
+        skipped.append(f"{other.label}: {why} than the chosen {chosen.label}")
+    return chosen, skipped
+
+
+# --------------------------------------------------------------------------------------- geometry
+@dataclass
+class _Geometry:
+    frames: list[_Frame]       # sorted along the slice normal, duplicates removed
+    slot: np.ndarray           # index of each frame on the uniform slice grid
+    n_slots: int
+    spacing: float
+    affine_lps: np.ndarray
+    shifts: np.ndarray         # in-plane (column, row) pixel shift per frame that undoes gantry tilt
+    warnings: list[str]
+
+
+def _geometry(source: Path, frames: list[_Frame]) -> _Geometry:
+    warnings: list[str] = []
+    ref = frames[0]
+    normal = _normal(ref)
+    for f in frames:
+        if not np.allclose(f.iop, ref.iop, atol=1e-3):
+            raise StudyError(source, "slices of the series have different orientations")
+        if not np.allclose(f.pixel_spacing, ref.pixel_spacing, rtol=1e-3):
+            raise StudyError(source, "slices of the series have different pixel spacings")
+    if np.any(ref.pixel_spacing <= 0):
+        raise StudyError(ref.path, "PixelSpacing must be positive")
+    depth = np.array([f.ipp @ normal for f in frames])
     order = np.argsort(depth, kind="stable")
-    series = [series[i] for i in order]
-    depth = depth[order]
-    if len(series) < 2:
-        raise StudyError(folder, f"only {len(series)} CT slice; a volume needs at least {MIN_SLICES}")
+    frames, depth = [frames[i] for i in order], depth[order]
+    keep, copies, clashes = [0], 0, 0
+    for k in range(1, len(frames)):
+        if depth[k] - depth[keep[-1]] < 1e-3:
+            if frames[k].uid == frames[keep[-1]].uid:
+                copies += 1
+            else:
+                clashes += 1
+            continue
+        keep.append(k)
+    if clashes:
+        raise StudyError(source, f"{clashes} slice{'s' * (clashes > 1)} share the same position as another "
+                                 "(duplicated slices or several acquisitions in one series)")
+    if copies:
+        warnings.append(f"ignored {copies} duplicate cop{'ies' if copies > 1 else 'y'} of the same slice")
+    frames, depth = [frames[k] for k in keep], depth[keep]
+    if len(frames) < MIN_SLICES:
+        raise StudyError(source, f"only {len(frames)} CT slice{'s' * (len(frames) != 1)}; a volume needs at least {MIN_SLICES}")
+    positions = np.array([f.ipp for f in frames])
     gaps = np.diff(depth)
-    if np.any(gaps < 1e-3):
-        raise StudyError(folder, "two or more slices share the same position (duplicated slices)")
     spacing = float(np.median(gaps))
-    if np.max(np.abs(gaps - spacing)) > 0.1 * spacing + 0.01:
-        raise StudyError(
-            folder, f"slice spacing is not uniform ({gaps.min():.2f}-{gaps.max():.2f} mm): missing slices?"
-        )
-    ps = _float_list(ds0, "PixelSpacing", 2, path0)
-    if np.any(ps <= 0):
-        raise StudyError(path0, "PixelSpacing must be positive")
+    if spacing < 0.1:
+        raise StudyError(source, f"slice spacing of {spacing:.3f} mm is implausible")
+    ratio = gaps / spacing
+    if np.max(np.abs(ratio - 1)) <= UNIFORM_TOLERANCE:
+        slot = np.arange(len(frames))
+    else:
+        steps = np.rint(ratio)
+        missing = int(np.sum(steps - 1))
+        if np.any(steps < 1) or np.max(np.abs(ratio - steps)) > UNIFORM_TOLERANCE:
+            raise StudyError(source, f"slice spacing is not uniform ({gaps.min():.2f}-{gaps.max():.2f} mm): "
+                                     "mixed reconstructions or variable spacing")
+        if np.max(steps) - 1 > MAX_MISSING_RUN or missing > max(1, int(MAX_MISSING_FRACTION * len(frames))):
+            raise StudyError(source, f"{missing} missing slices (gaps up to {gaps.max():.1f} mm at {spacing:.2f} mm "
+                                     "spacing): too many to interpolate")
+        slot = np.concatenate([[0], np.cumsum(steps)]).astype(int)
+        warnings.append(f"interpolated {missing} missing slice{'s' * (missing > 1)} (largest gap {gaps.max():.1f} mm)")
+    # gantry tilt: slice origins drift in-plane along the stack
+    offsets = positions - positions[0]
+    in_plane = offsets - np.outer(offsets @ normal, normal)
+    tilt = float(np.degrees(np.arctan2(np.linalg.norm(in_plane[-1]), depth[-1] - depth[0])))
+    row, col = ref.iop[:3], ref.iop[3:]
+    shifts = np.stack([in_plane @ row / ref.pixel_spacing[1], in_plane @ col / ref.pixel_spacing[0]], axis=1)
+    if tilt > 0.05:
+        expected = np.outer((depth - depth[0]) / (depth[-1] - depth[0]), in_plane[-1])
+        if np.max(np.linalg.norm(in_plane - expected, axis=1)) > 0.5 * float(np.min(ref.pixel_spacing)) + 0.01:
+            raise StudyError(source, "slice positions do not lie on a straight line")
+        if tilt > MAX_TILT_DEG:
+            raise StudyError(source, f"gantry tilt of {tilt:.1f} degrees is beyond the {MAX_TILT_DEG:.0f} degrees that can be corrected")
+        warnings.append(f"gantry tilt of {tilt:.1f} degrees corrected by shifting slices in-plane")
+    else:
+        shifts[:] = 0.0
     affine = np.eye(4)
-    affine[:3, 0] = row_dir * ps[1]  # along a row: column index i
-    affine[:3, 1] = col_dir * ps[0]  # down a column: row index j
+    affine[:3, 0] = row * ref.pixel_spacing[1]    # along a row: column index i
+    affine[:3, 1] = col * ref.pixel_spacing[0]    # down a column: row index j
     affine[:3, 2] = normal * spacing
-    affine[:3, 3] = positions[order[0]]
-    return series, affine, spacing
+    affine[:3, 3] = positions[0]
+    return _Geometry(frames, slot, int(slot[-1]) + 1, spacing, affine, shifts, warnings)
 
 
-def _pixels(series) -> np.ndarray:
-    """HU stacked as [column, row, slice]."""
-    slices = []
-    shape = None
-    for path, ds in series:
-        try:
-            arr = apply_rescale(ds.pixel_array, ds).astype(np.float32)
-        except Exception as exc:  # decoders raise many types; all mean the same to a hospital
-            raise StudyError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
-        if arr.ndim != 2:
-            raise StudyError(path, f"expected a single-frame greyscale slice, got shape {arr.shape}")
-        if shape is not None and arr.shape != shape:
-            raise StudyError(path, f"slice size {arr.shape} differs from the series' {shape}")
-        shape = arr.shape
-        slices.append(arr.T)  # (rows, cols) -> (cols, rows)
-    return np.stack(slices, axis=-1)
+# --------------------------------------------------------------------------------------- pixels
+def _decode(path: Path, ds: pydicom.Dataset, index: int | None) -> np.ndarray:
+    try:
+        return pixel_array(path, index=index)
+    except Exception as exc:  # decoders raise many types; all mean the same to a hospital
+        try:  # files without a preamble or meta header: decode through the dataset already read
+            return ds.pixel_array
+        except Exception:
+            raise StudyError(path, f"pixel data cannot be decoded ({_one_line(exc)})") from exc
 
 
-def read_dicom_study(folder: str | Path) -> CTVolume:
-    """Read the primary CT series of a study folder into HU with its geometry.
+def _padding_mask(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
+    try:
+        pad = ds.get("PixelPaddingValue")
+        limit = ds.get("PixelPaddingRangeLimit")
+        if pad is None or isinstance(pad, (bytes, bytearray)):
+            return None
+        lo, hi = sorted((int(pad), int(limit if limit is not None and not isinstance(limit, bytes) else pad)))
+    except (TypeError, ValueError):
+        return None
+    return (stored >= lo) & (stored <= hi)
 
-    Slices are sorted by position along the slice normal (file order is irrelevant), the slice
-    spacing is taken from the positions, and RescaleSlope/Intercept are applied per slice.
-    Raises :class:`StudyError` with a one-line reason for anything that is not a usable CT series.
-    """
-    folder = Path(folder)
-    if not folder.exists():
-        raise StudyError(folder, "does not exist")
-    if not folder.is_dir():
-        raise StudyError(folder, "is not a folder of DICOM files")
-    datasets, not_dicom = _read_headers(folder)
-    if not datasets:
-        reason = f"no readable DICOM files ({not_dicom} files are not DICOM)" if not_dicom else "empty folder"
-        raise StudyError(folder, reason)
-    series = _choose_series(folder, datasets)
-    if len(series) < MIN_SLICES:
-        raise StudyError(
-            folder, f"only {len(series)} CT slice{'s' * (len(series) != 1)}; a volume needs at least {MIN_SLICES}"
-        )
-    series, affine, spacing = _geometry(folder, series)
-    coverage = spacing * (len(series) - 1)
+
+def _pixels(geo: _Geometry) -> np.ndarray:
+    """HU stacked as [column, row, slot]; missing slots interpolated, tilt undone."""
+    ref = geo.frames[0].ds
+    try:
+        shape = (int(ref.Rows), int(ref.Columns))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise StudyError(geo.frames[0].path, "missing or invalid Rows/Columns") from exc
+    if min(shape) < 16 or max(shape) > 4096:
+        raise StudyError(geo.frames[0].path, f"image size {shape[0]}x{shape[1]} is not a CT slice")
+    hu = np.empty((shape[1], shape[0], geo.n_slots), np.float32)
+    cache: dict[Path, np.ndarray] = {}
+    for f, slot, (si, sj) in zip(geo.frames, geo.slot, geo.shifts):
+        if f.index is None:
+            stored = _decode(f.path, f.ds, None)
+        else:  # a multi-frame file: decode once
+            if f.path not in cache:
+                cache[f.path] = _decode(f.path, f.ds, None)
+            whole = cache[f.path]
+            stored = whole[f.index] if whole.ndim == 3 else whole
+        if stored.shape != shape:
+            raise StudyError(f.path, f"expected a {shape[0]}x{shape[1]} greyscale slice, got pixel data of shape {stored.shape}")
+        plane = stored.astype(np.float32) * np.float32(f.slope) + np.float32(f.intercept)
+        pad = _padding_mask(f.ds, stored)
+        if pad is not None:
+            plane[pad] = AIR_HU
+        plane = plane.T  # (rows, cols) -> (cols, rows)
+        if si or sj:
+            plane = nd_shift(plane, (si, sj), order=1, mode="constant", cval=AIR_HU)
+        hu[:, :, slot] = plane
+    present = np.zeros(geo.n_slots, bool)
+    present[geo.slot] = True
+    for k in np.flatnonzero(~present):  # linear interpolation between the nearest present slices
+        lo = geo.slot[geo.slot < k].max()
+        hi = geo.slot[geo.slot > k].min()
+        w = (k - lo) / (hi - lo)
+        hu[:, :, k] = (1 - w) * hu[:, :, lo] + w * hu[:, :, hi]
+    return hu
+
+
+# --------------------------------------------------------------------------------------- entry points
+def _headers(path: Path) -> tuple[list[tuple[Path, pydicom.Dataset]], int]:
+    if path.is_file():
+        ds = _read_header(path)
+        if ds is None:
+            raise StudyError(path, "is neither a DICOM file nor a NIfTI (.nii, .nii.gz) file")
+        return [(path, ds)], 0
+    headers, not_dicom = [], 0
+    for file in _files(path):
+        if file.name.upper() == "DICOMDIR":
+            continue
+        ds = _read_header(file)
+        if ds is None:
+            not_dicom += 1
+        else:
+            headers.append((file, ds))
+    if not headers:
+        raise StudyError(path, f"no readable DICOM files ({not_dicom} files are not DICOM)" if not_dicom else "empty folder")
+    return headers, not_dicom
+
+
+def read_dicom(path: Path) -> CTVolume:
+    """The primary CT series of a study folder (or one multi-frame file) in HU, canonical RAS."""
+    headers, not_dicom = _headers(path)
+    chosen, skipped = _choose_series(path, headers)
+    geo = _geometry(path, chosen.frames)
+    coverage = geo.spacing * (geo.n_slots - 1)
     if coverage < MIN_COVERAGE_MM:
-        raise StudyError(folder, f"the series covers {coverage:.0f} mm; the abdomen needs at least {MIN_COVERAGE_MM:.0f}")
-    hu = _pixels(series)
-    ds0 = series[0][1]
+        raise StudyError(path, f"the series covers {coverage:.0f} mm; the abdomen needs at least {MIN_COVERAGE_MM:.0f}")
+    hu = _pixels(geo)
+    first = geo.frames[0]
+    ds0 = first.ds
+    warnings = list(geo.warnings)
+    if chosen.plane != "axial":
+        warnings.append(f"no axial series: the {chosen.plane} series was reoriented to axial")
+    if not_dicom:
+        warnings.append(f"ignored {not_dicom} non-DICOM file{'s' * (not_dicom > 1)}")
+    shared = (ds0.get("SharedFunctionalGroupsSequence") or [None])[0]
+    raw_thickness = ds0.get("SliceThickness") if first.index is None else _group((shared,), "PixelMeasuresSequence", "SliceThickness")
+    thickness = _float(raw_thickness, geo.spacing, first.path, "SliceThickness")
+    syntax = getattr(getattr(ds0, "file_meta", None), "TransferSyntaxUID", None)
     info = {
-        "n_slices": len(series),
-        "slice_spacing_mm": spacing,
-        "pixel_spacing_mm": [float(v) for v in ds0.PixelSpacing],
-        "slice_thickness_mm": float(ds0.get("SliceThickness") or spacing),
-        "manufacturer": str(ds0.get("Manufacturer", "")),
-        "contrast": bool(str(ds0.get("ContrastBolusAgent", "")).strip()),
+        "format": "dicom-enhanced" if first.index is not None else "dicom",
+        "n_slices": len(geo.frames),
+        "slice_spacing_mm": round(geo.spacing, 4),
+        "pixel_spacing_mm": [float(v) for v in first.pixel_spacing],
+        "slice_thickness_mm": thickness,
+        "manufacturer": _text(ds0, "Manufacturer"),
+        "contrast": bool(_text(ds0, "ContrastBolusAgent") or _text(ds0, "ContrastBolusRoute")),
+        "transfer_syntax": syntax.name if syntax else "unknown",
+        "series": chosen.label,
+        "plane": chosen.plane,
+        "skipped_series": skipped,
         "skipped_files": not_dicom,
+        "warnings": warnings,
     }
-    return CTVolume(hu=hu, affine=LPS_TO_RAS @ affine, info=info)
+    return finish_volume(path, hu, LPS_TO_RAS @ geo.affine_lps, info)
+
+
+def read_study(path: str | Path) -> CTVolume:
+    """Read a study (DICOM folder, multi-frame DICOM file or NIfTI file) into a canonical HU volume.
+
+    Raises :class:`StudyError` with a one-line reason for anything that is not a usable CT study.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise StudyError(path, "does not exist")
+    if path.is_file() and is_nifti(path):
+        return read_nifti(path)
+    if not (path.is_dir() or path.is_file()):
+        raise StudyError(path, "is neither a folder nor a file")
+    try:
+        return read_dicom(path)
+    except StudyError:
+        raise
+    except MemoryError as exc:
+        raise StudyError(path, "the study is too large to read into memory") from exc
+    except Exception as exc:  # a header value pydicom only parses on access, a decoder's odd failure
+        raise StudyError(path, f"cannot be read ({type(exc).__name__}: {_one_line(exc)})") from exc
+
+
+read_dicom_study = read_study  # the name used before NIfTI and multi-frame input
