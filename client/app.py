@@ -50,7 +50,8 @@ def _split(context: Context, settings: RunSettings, split: str) -> LoadedSplit:
     key = (str(root), split)
     if key not in _LOADED:
         cache_dir = context.node_config.get("cache-dir") or settings.cache_dir or None
-        _LOADED[key] = Site(root).load(split, PREPROCESS, InputCache(PREPROCESS, cache_dir))
+        workers = int(context.node_config.get("decode-workers", 1))
+        _LOADED[key] = Site(root).load(split, PREPROCESS, InputCache(PREPROCESS, cache_dir), workers=workers)
     return _LOADED[key]
 
 

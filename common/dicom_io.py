@@ -107,18 +107,17 @@ def _series_label(ds: pydicom.Dataset, n: int) -> str:
     return f"series {number}{f' ({description})' if description else ''}, {n} image{'s' * (n != 1)}"
 
 
-def _skip_reason(datasets: list[pydicom.Dataset]) -> str | None:
-    """Why a series is not a CT image series (None when it is one)."""
-    ds = datasets[0]
+def _skip_reason(ds: pydicom.Dataset) -> str | None:
+    """Why a file is not an image of a CT image series (None when it is one)."""
     modality = _text(ds, "Modality").upper()
     sop = _text(ds, "SOPClassUID")
     if modality != "CT":
         return f"modality {modality or 'unknown'}"
     if sop.startswith(SECONDARY_CAPTURE_PREFIX):
         return "secondary capture"
-    if any("PixelData" not in d for d in datasets):
+    if "PixelData" not in ds:
         return "no pixel data"
-    if any(set(_text(d, "ImageType").upper().split("\\")) & LOCALIZER_TYPES for d in datasets):
+    if set(_text(ds, "ImageType").upper().split("\\")) & LOCALIZER_TYPES:
         return "localizer"
     if sop and sop not in (CT_STORAGE, ENHANCED_CT_STORAGE):
         return f"not a CT image object (SOP class {sop})"
@@ -214,14 +213,12 @@ class _Candidate:
 
 def _choose_series(source: Path, headers: list[tuple[Path, pydicom.Dataset]]) -> tuple[_Candidate, list[str]]:
     """The primary CT series: axial before other planes, then the most images; and why others lost."""
-    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
-    for path, ds in headers:
-        series[_series_key(ds)].append((path, ds))
+    groups: dict[tuple[str, str | None], list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    for path, ds in headers:  # a series' localizers or pixel-less objects are set apart from its images
+        groups[(_series_key(ds), _skip_reason(ds))].append((path, ds))
     candidates, skipped, found = [], [], []
-    for members in series.values():
-        datasets = [ds for _, ds in members]
-        label = _series_label(datasets[0], len(members))
-        reason = _skip_reason(datasets)
+    for (_, reason), members in groups.items():
+        label = _series_label(members[0][1], len(members))
         if reason:
             skipped.append(f"{label}: {reason}")
             found.append(reason)

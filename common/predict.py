@@ -8,7 +8,7 @@ import torch
 from common.errors import StudyError
 from common.model import ModelFile
 from common.preprocess import volume_to_input
-from common.dicom_io import read_dicom_study
+from common.dicom_io import read_study
 from common.training import pick_device, predict_batch
 
 DISCLAIMER = "Research software, not a medical device: a radiologist must confirm every finding."
@@ -38,7 +38,7 @@ def predict_study(mf: ModelFile, path: str | Path, device: torch.device | None =
     """One answer per input: the prediction, or ``error`` with a one-sentence reason."""
     device = device or pick_device()
     try:
-        volume = read_dicom_study(path)
+        volume = read_study(path)
     except StudyError as err:
         return {"input": str(path), "error": str(err)}
     x = volume_to_input(volume, mf.preprocess)[None]
@@ -46,7 +46,7 @@ def predict_study(mf: ModelFile, path: str | Path, device: torch.device | None =
     p, d = float(prob[0]), float(diam[0])
     category, follow_up = diameter_category(d)
     present = p >= mf.threshold
-    warnings = []
+    warnings = list(volume.info.get("warnings", []))
     if present != (d >= 30.0):
         warnings.append(
             f"classifier and diameter disagree (probability {p:.2f}, diameter {d:.1f} mm): review the images"
@@ -62,4 +62,5 @@ def predict_study(mf: ModelFile, path: str | Path, device: torch.device | None =
         "category": category,
         "follow_up": follow_up,
         "warnings": warnings,
+        "series": volume.info.get("series", ""),
     }

@@ -21,7 +21,8 @@ from monai.transforms import (
     SpatialCrop,
 )
 
-from common.dicom_io import CTVolume, read_dicom_study
+from common.dicom_io import CTVolume, read_study
+from common.errors import StudyError
 
 BODY_LEVEL = 0.02  # scaled intensity above which a voxel is body (fat and denser), not air
 
@@ -95,44 +96,104 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FEDAAA_CACHE_DIR", Path.home() / ".cache" / "fedaaa"))
 
 
-def study_fingerprint(path: Path) -> str:
-    """Identifies a study's files (names, sizes, modification times) without reading pixels."""
+# Bump when reading or preprocessing code changes what a study becomes: old cache entries then miss.
+PIPELINE_VERSION = 2
+
+
+def content_digest(path: Path) -> str:
+    """SHA-256 of a study's bytes: every file's relative name and content, in name order."""
     h = hashlib.sha256()
+    path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}\0".encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
     return h.hexdigest()
 
 
 class InputCache:
-    """Preprocessed inputs on disk, keyed by the study's files and the preprocessing settings.
+    """Preprocessed inputs on disk, keyed by the study's content and the preprocessing settings.
 
-    A hit skips DICOM decoding entirely; a changed file or setting gives a new key, never a stale tensor.
+    Each entry is ``<key>.npy`` (float16 input) and ``<key>.json`` (acquisition facts and warnings, or the
+    refusal reason), the JSON written last. A hit skips DICOM decoding entirely; changed bytes, a changed
+    setting or a new pipeline version give a new key, never a stale tensor. ``decoded`` counts studies this
+    object read from DICOM/NIfTI (hits do not count).
     """
 
     def __init__(self, settings: PreprocessSettings, cache_dir: Path | None = None):
         self.settings = settings
         self.dir = Path(cache_dir or default_cache_dir())
-        self.decoded = 0  # studies decoded from DICOM by this cache object (hits do not count)
+        self.decoded = 0
 
     def key(self, path: Path) -> str:
-        h = hashlib.sha256((study_fingerprint(path) + self.settings.to_json()).encode())
-        return h.hexdigest()[:32]
+        text = f"{content_digest(Path(path))}|{self.settings.to_json()}|{PIPELINE_VERSION}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def load(self, path: str | Path) -> torch.Tensor:
+    def _files(self, key: str) -> tuple[Path, Path]:
+        return self.dir / f"{key}.npy", self.dir / f"{key}.json"
+
+    def record(self, key: str) -> dict | None:
+        """The stored facts of an entry (``{"info": ...}`` or ``{"error": reason}``), None on a miss."""
+        tensor_file, meta_file = self._files(key)
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if "error" not in meta and not tensor_file.exists():
+            return None
+        return meta
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return torch.from_numpy(np.load(self._files(key)[0]).astype(np.float32))
+
+    def prepare(self, path: str | Path, key: str | None = None) -> tuple[str, dict]:
+        """Make sure the study's entry exists; returns (key, record). Refusals are recorded too."""
         path = Path(path).resolve()
-        file = self.dir / f"{self.key(path)}.npy"
-        if file.exists():
+        if key is None:
             try:
-                return torch.from_numpy(np.load(file).astype(np.float32))
-            except (OSError, ValueError):
-                file.unlink(missing_ok=True)  # a torn write: recompute
-        tensor = volume_to_input(read_dicom_study(path), self.settings)
+                key = self.key(path)
+            except OSError as exc:  # missing or unreadable files: nothing to cache
+                reason = "does not exist" if not path.exists() else f"cannot be read ({exc.strerror or exc})"
+                return "", {"error": reason, "where": ""}
+        meta = self.record(key)
+        if meta is not None:
+            return key, meta
+        try:
+            volume = read_study(path)
+            tensor = volume_to_input(volume, self.settings)
+        except StudyError as err:
+            meta = {"error": err.reason, "where": _relative(err.source, path)}
+        except Exception as exc:  # an unforeseen failure: refuse this study now, but do not remember it
+            self.decoded += 1
+            return key, {"error": f"cannot be preprocessed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"}
+        else:
+            meta = {"info": volume.info}
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir / f"{key}.{os.getpid()}.tmp.npy"
+            np.save(tmp, tensor.numpy().astype(np.float16))  # hits and misses return the same values
+            os.replace(tmp, self._files(key)[0])
         self.decoded += 1
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".{os.getpid()}.tmp.npy")
-        stored = tensor.numpy().astype(np.float16)  # hits and misses return the same values
-        np.save(tmp, stored)
-        os.replace(tmp, file)
-        return torch.from_numpy(stored.astype(np.float32))
+        tmp = self.dir / f"{key}.{os.getpid()}.tmp.json"
+        tmp.write_text(json.dumps(meta, default=str))
+        os.replace(tmp, self._files(key)[1])
+        return key, meta
+
+    def load(self, path: str | Path) -> torch.Tensor:
+        """The model input of one study; raises :class:`StudyError` when it is refused."""
+        path = Path(path).resolve()
+        key, meta = self.prepare(path)
+        if "error" in meta:
+            raise StudyError(path / meta["where"] if meta.get("where") else path, meta["error"])
+        return self.tensor(key)
+
+
+def _relative(source, study: Path) -> str:
+    """Where inside the study a refusal points (a file name), never an absolute path."""
+    try:
+        rel = Path(source).resolve().relative_to(study)
+    except (ValueError, OSError):
+        return ""
+    return "" if str(rel) == "." else str(rel)

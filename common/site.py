@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from common.errors import ConfigError, StudyError
+from common.errors import ConfigError
+from common.ingest import Prepared, Progress, prepare_studies
 from common.preprocess import InputCache, PreprocessSettings
 
 log = logging.getLogger("fedaaa.site")
@@ -74,17 +75,26 @@ class Site:
     def split(self, name: str) -> list[Study]:
         return [s for s in self.studies if s.split == name]
 
-    def load(self, split: str, settings: PreprocessSettings, cache: InputCache | None = None) -> "LoadedSplit":
+    def prepare(self, studies: list[Study], cache: InputCache, workers: int | None = 1,
+                progress: Progress | None = None) -> list[Prepared]:
+        """Cache entries of ``studies`` (decoded in parallel where missing); refusals logged by study id."""
+        prepared = prepare_studies([s.path for s in studies], cache, workers, progress)
+        for study, p in zip(studies, prepared):
+            if p.error:
+                log.warning("skipped study %s: %s", study.study_id, p.error)
+        return prepared
+
+    def load(self, split: str, settings: PreprocessSettings, cache: InputCache | None = None,
+             workers: int | None = 1, progress: Progress | None = None) -> "LoadedSplit":
         """Model inputs and labels of one split; unusable studies are skipped with a logged reason."""
         cache = cache or InputCache(settings)
+        studies = self.split(split)
         images, aaa, diam, skipped = [], [], [], {}
-        for study in self.split(split):
-            try:
-                images.append(cache.load(study.path))
-            except StudyError as err:
-                skipped[study.study_id] = err.reason
-                log.warning("skipped study %s: %s", study.study_id, err.reason)
+        for study, p in zip(studies, self.prepare(studies, cache, workers, progress)):
+            if p.error:
+                skipped[study.study_id] = p.error
                 continue
+            images.append(cache.tensor(p.key))
             aaa.append(study.aaa)
             diam.append(study.max_diameter_mm)
         if images:

@@ -1,4 +1,4 @@
-"""The `fedaaa` command: synth, simulate, predict. Errors are one line on stderr and exit code 2."""
+"""The `fedaaa` command: synth, simulate, predict, site check. Errors are one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -97,6 +97,73 @@ def _cmd_predict(args) -> int:
     return EXIT_REFUSED if refused else 0
 
 
+def _progress_bar(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def _cmd_site_check(args) -> int:
+    from rich.console import Console
+
+    from common.config import PREPROCESS
+    from common.preprocess import InputCache
+    from common.site import Site
+    from common.site_check import check_site
+
+    site = Site(args.site)  # a manifest error is reported before any progress bar
+    console = Console(stderr=True)
+    cache = InputCache(PREPROCESS, Path(args.cache_dir) if args.cache_dir else None)
+    with _progress_bar(console) as bar:
+        task = bar.add_task("Checking studies", total=len(site.studies))
+        report = check_site(site, cache, args.workers, lambda done, total: bar.update(task, completed=done, total=total))
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        _print_site_report(report)
+    if not report["summary"]["usable"]:
+        raise CLIError(f"{args.site}: no usable study in this site")
+    return 0
+
+
+def _print_site_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console()
+    s = report["summary"]
+    out.print(f"[bold]{s['usable']} of {s['studies']} studies usable[/bold], {s['refused']} refused")
+    refused = [r for r in report["studies"] if r["status"] == "refused"]
+    if refused:
+        table = Table("study", "split", "refused because", title="Refused studies")
+        for r in refused:
+            table.add_row(r["study_id"], r["split"], r["reason"])
+        out.print(table)
+    warned = [r for r in report["studies"] if r.get("warnings")]
+    if warned:
+        table = Table("study", "warnings", title="Usable, with warnings")
+        for r in warned:
+            table.add_row(r["study_id"], "; ".join(r["warnings"]))
+        out.print(table)
+    table = Table("measure", "value", title="Data quality summary (no identifiers: shareable with a coordinator)")
+    labels = s["labels"]
+    table.add_row("labels", f"{labels['aaa']} AAA / {labels['no_aaa']} no AAA (prevalence {labels['prevalence']})")
+    table.add_row("splits", ", ".join(f"{k} {v['usable']}/{v['studies']}" for k, v in s["splits"].items()))
+    for key, unit in (("diameter_mm", "mm"), ("slice_spacing_mm", "mm"), ("slice_thickness_mm", "mm"),
+                      ("pixel_spacing_mm", "mm"), ("slices", "")):
+        r = s[key]
+        table.add_row(key.replace("_mm", "").replace("_", " "),
+                      f"{r['min']}-{r['max']} {unit} (median {r['median']})" if r else "-")
+    table.add_row("diameter categories", ", ".join(f"{k}: {v}" for k, v in s["diameter_categories"].items()) or "-")
+    table.add_row("manufacturers", ", ".join(f"{k}: {v}" for k, v in s["manufacturers"].items()) or "-")
+    table.add_row("contrast (header)", ", ".join(f"{k}: {v}" for k, v in s["contrast_header"].items()) or "-")
+    table.add_row("transfer syntaxes", ", ".join(f"{k}: {v}" for k, v in s["transfer_syntaxes"].items()) or "-")
+    table.add_row("refusal reasons", "; ".join(f"{k}: {v}" for k, v in s["refusal_reasons"].items()) or "-")
+    table.add_row("warnings", "; ".join(f"{k}: {v}" for k, v in s["warnings"].items()) or "-")
+    out.print(table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedaaa", description="Federated AAA detection and measurement on CT.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -126,11 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proximal-mu", type=float, default=d.proximal_mu, help="FedProx mu; 0 is FedAvg (default 0)")
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser("predict", help="run a model on CT studies (DICOM folders)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="study folders")
+    p = sub.add_parser("predict", help="run a model on CT studies (DICOM folders, multi-frame files, NIfTI)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="study folders, Enhanced CT files or .nii/.nii.gz files")
     p.add_argument("--model", required=True, help="a FedAAA model file (.safetensors)")
     p.add_argument("--json", action="store_true", help="one JSON object per input, in input order")
     p.set_defaults(func=_cmd_predict)
+
+    site = sub.add_parser("site", help="a hospital's site folder").add_subparsers(dest="site_command", required=True)
+    p = site.add_parser("check", help="validate a site's manifest and every study; print a data-quality report")
+    p.add_argument("site", metavar="SITE", help="site folder holding manifest.csv")
+    p.add_argument("--json", action="store_true", help="the report as JSON: 'summary' (no identifiers) and 'studies'")
+    p.add_argument("--workers", type=int, default=None, help="parallel decoding processes (default: up to 4 CPUs)")
+    p.add_argument("--cache-dir", help="where preprocessed inputs are cached (default $FEDAAA_CACHE_DIR or ~/.cache/fedaaa)")
+    p.set_defaults(func=_cmd_site_check)
     return parser
 
 

@@ -41,16 +41,16 @@ def _progress(console: Console) -> Progress:
 
 
 def prepare_inputs(sites: list[Path], cache: InputCache, console: Console) -> None:
-    """Decode and preprocess every study once, so federation rounds read only the cache."""
-    studies = [s for site in sites for s in Site(site).studies]
-    with _progress(console) as progress:
-        task = progress.add_task("Preparing model inputs", total=len(studies))
-        for study in studies:
-            try:
-                cache.load(study.path)
-            except Exception as err:  # reported again, per study, by the client that skips it
-                console.print(f"[yellow]skipping {study.study_id}: {err}")
-            progress.advance(task)
+    """Decode and preprocess every study once (in parallel workers), so federation rounds read only the cache."""
+    for site_path in sites:
+        site = Site(site_path)
+        with _progress(console) as progress:
+            task = progress.add_task(f"Preparing {site_path.name}", total=len(site.studies))
+            prepared = site.prepare(site.studies, cache, workers=None,
+                                    progress=lambda done, total: progress.update(task, completed=done))
+        for study, p in zip(site.studies, prepared):
+            if p.error:  # reported again, per study, by the client that skips it
+                console.print(f"[yellow]{site_path.name}: skipping {study.study_id}: {p.error}")
 
 
 def test_global_model(model_path: Path, sites: list[Path], cache: InputCache) -> dict:

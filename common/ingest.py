@@ -1,0 +1,90 @@
+"""Preparing many studies at once: content hashing, then decoding of cache misses in parallel workers."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from common.preprocess import InputCache, PreprocessSettings
+
+Progress = Callable[[int, int], None]  # (studies done, studies in all)
+
+
+@dataclass
+class Prepared:
+    """One study's cache entry: ``key`` and ``info`` when usable, ``error`` (one line) when refused."""
+
+    path: Path
+    key: str
+    info: dict | None = None
+    error: str | None = None
+    where: str = ""  # the file inside the study a refusal points to, if any
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the workers are the parallelism
+
+
+def _prepare(settings: PreprocessSettings, cache_dir: str, path: Path, key: str) -> dict:
+    return InputCache(settings, Path(cache_dir)).prepare(path, key)[1]
+
+
+def _result(path: Path, key: str, meta: dict) -> Prepared:
+    if "error" in meta:
+        return Prepared(path, key, error=meta["error"], where=meta.get("where", ""))
+    return Prepared(path, key, info=meta["info"])
+
+
+def prepare_studies(paths: list[Path], cache: InputCache, workers: int | None = None,
+                    progress: Progress | None = None) -> list[Prepared]:
+    """Cache entries for ``paths`` (in order). Hits are only hashed; misses are decoded, in ``workers``
+    processes when there are several, and counted in ``cache.decoded``."""
+    workers = default_workers() if workers is None else max(1, workers)
+    total, done = len(paths), 0
+    results: list[Prepared | None] = [None] * total
+    misses = []
+    for i, path in enumerate(paths):
+        key, meta = "", None
+        path = Path(path).resolve()
+        try:
+            key = cache.key(path)
+            meta = cache.record(key)
+        except OSError:
+            meta = None
+        if meta is None and key:
+            misses.append((i, path, key))
+            continue
+        if meta is None:  # unreadable: let prepare() word the refusal
+            key, meta = cache.prepare(path)
+        results[i] = _result(path, key, meta)
+        done += 1
+        if progress:
+            progress(done, total)
+    if len(misses) > 1 and workers > 1:
+        ctx = multiprocessing.get_context("spawn")  # safe inside threaded hosts (Flower, Ray)
+        with ProcessPoolExecutor(min(workers, len(misses)), mp_context=ctx, initializer=_worker_init) as pool:
+            futures = {pool.submit(_prepare, cache.settings, str(cache.dir), path, key): (i, path, key)
+                       for i, path, key in misses}
+            for future in as_completed(futures):
+                i, path, key = futures[future]
+                results[i] = _result(path, key, future.result())
+                cache.decoded += 1
+                done += 1
+                if progress:
+                    progress(done, total)
+    else:
+        for i, path, key in misses:
+            results[i] = _result(path, key, cache.prepare(path, key)[1])
+            done += 1
+            if progress:
+                progress(done, total)
+    return results  # type: ignore[return-value]

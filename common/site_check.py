@@ -1,0 +1,79 @@
+"""`fedaaa site check`: a site's data-quality report, computed entirely at the site.
+
+The report has two parts. ``summary`` holds counts and ranges only (no study ids, paths, UIDs or
+per-patient values): it is what a coordinator may later be shown. ``studies`` lists each study with its
+status and reason, for the hospital's own eyes.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from common.ingest import Progress
+from common.predict import diameter_category
+from common.preprocess import InputCache
+from common.site import SPLITS, Site
+
+
+def _category(text: str) -> str:
+    """A reason or warning without its particulars: numbers become N, details in brackets dropped."""
+    return re.sub(r"\d+(\.\d+)?", "N", text.split(" (")[0]).strip()
+
+
+def _range(values: list[float]) -> dict | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    q = np.percentile(values, [0, 25, 50, 75, 100])
+    return {"n": len(values), "min": round(float(q[0]), 2), "p25": round(float(q[1]), 2),
+            "median": round(float(q[2]), 2), "p75": round(float(q[3]), 2), "max": round(float(q[4]), 2)}
+
+
+def check_site(site: Site | str | Path, cache: InputCache, workers: int | None = None,
+               progress: Progress | None = None) -> dict:
+    """Validate the manifest (raises ConfigError) and every study; return ``{"summary", "studies"}``."""
+    site = site if isinstance(site, Site) else Site(site)
+    prepared = site.prepare(site.studies, cache, workers, progress)
+    studies, usable = [], []
+    for study, p in zip(site.studies, prepared):
+        entry = {"study_id": study.study_id, "split": study.split, "status": "refused" if p.error else "usable"}
+        if p.error:
+            entry["reason"] = f"{p.where}: {p.error}" if p.where else p.error
+        else:
+            entry["warnings"] = p.info.get("warnings", [])
+            usable.append((study, p.info))
+        studies.append(entry)
+    refusals = Counter(_category(p.error) for p in prepared if p.error)
+    warnings = Counter(_category(w) for _, info in usable for w in info.get("warnings", []))
+    infos = [info for _, info in usable]
+    diameters = [s.max_diameter_mm for s, _ in usable if math.isfinite(s.max_diameter_mm)]
+    n_aaa = sum(s.aaa for s, _ in usable)
+    contrast = Counter({True: "contrast", False: "no contrast", None: "unknown"}[i.get("contrast")] for i in infos)
+    summary = {
+        "studies": len(site.studies),
+        "usable": len(usable),
+        "refused": len(site.studies) - len(usable),
+        "splits": {name: {"studies": len(site.split(name)),
+                          "usable": sum(1 for s, _ in usable if s.split == name)} for name in SPLITS},
+        "refusal_reasons": dict(refusals.most_common()),
+        "warnings": dict(warnings.most_common()),
+        "labels": {"aaa": n_aaa, "no_aaa": len(usable) - n_aaa,
+                   "prevalence": round(n_aaa / len(usable), 3) if usable else None},
+        "diameter_mm": _range(diameters),
+        "diameter_categories": dict(Counter(diameter_category(d)[0] for d in diameters)),
+        "diameter_missing": len(usable) - len(diameters),
+        "slice_spacing_mm": _range([i.get("slice_spacing_mm") for i in infos]),
+        "slice_thickness_mm": _range([i.get("slice_thickness_mm") for i in infos]),
+        "pixel_spacing_mm": _range([min(i["pixel_spacing_mm"]) for i in infos if i.get("pixel_spacing_mm")]),
+        "slices": _range([i.get("n_slices") for i in infos]),
+        "manufacturers": dict(Counter(i.get("manufacturer") or "unknown" for i in infos).most_common()),
+        "contrast_header": dict(contrast),
+        "formats": dict(Counter(i.get("format", "dicom") for i in infos)),
+        "transfer_syntaxes": dict(Counter(i.get("transfer_syntax") or "unknown" for i in infos).most_common()),
+        "extra_series_skipped": sum(len(i.get("skipped_series", [])) for i in infos),
+    }
+    return {"summary": summary, "studies": studies}
