@@ -5,48 +5,101 @@ Each study is built analytically, slice by slice, in DICOM patient coordinates (
 with partial-volume coverage ``clip(0.5 - d / pixel_spacing, 0, 1)`` (painter's algorithm), so the aortic
 outer-wall diameter is encoded below voxel size. HU values and anatomy follow docs/clinical-notes.md.
 
+The patient is drawn first, as continuous functions of height in mm, and only then sampled on the scanner's
+grid: :func:`render_study` draws the same anatomy from the same ``rng`` state under every
+:class:`ScannerProfile` (matrix, FOV, slice spacing, contrast phase, storage, orientation...), so one seed
+rendered under two profiles is one patient scanned twice. Slices are point samples along z (SliceThickness
+is a header value); the slice grid is anchored on the aortic maximum (on the head-most slice for normals),
+so that maximum is a slice centre under every spacing.
+
 Site layout written by :func:`write_site`::
 
     SITE/manifest.csv        study_id,path,aaa,max_diameter_mm,split,sex
     SITE/truth.csv           study_id,kind,sex,aaa,max_diameter_mm,max_z_mm  (simulation ground truth)
-    SITE/studies/<id>/IMnnnn.dcm   one file per axial slice, file names shuffled w.r.t. slice order
+    SITE/studies/<id>/...    one study folder as the site's scanner exports it (see synth_dicom.write_study):
+                             layout "flat" IMnnnn.dcm, "noext" IMnnnn, "nested" DICOM/<series-no>/<8 hex>
     SITE/.synth.json         the spec the folder was written from (reuse marker, written last)
+
+:data:`ACQUISITION_VARIANTS` and :func:`write_variant` write one anatomy under each acquisition variant, to
+check that a DICOM reader recovers the same volume from all of them.
 """
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from pydicom.valuerep import DSfloat
 
-GENERATOR_VERSION = 1
+from simulations.synth_dicom import encode_pixels, padding_value, write_study  # noqa: F401  (re-exported)
+
+GENERATOR_VERSION = 2
 KINDS = ("normal", "ectatic", "aneurysm")
 MANIFEST_COLUMNS = ("study_id", "path", "aaa", "max_diameter_mm", "split", "sex")
 TRUTH_COLUMNS = ("study_id", "kind", "sex", "aaa", "max_diameter_mm", "max_z_mm")
+ORIENTATIONS = ("standard", "flip_rows", "flip_cols", "flip_both", "coronal")
+FILE_ORDERS = ("shuffled", "ascending", "descending")
+TRANSFER_SYNTAXES = ("explicit", "implicit", "rle", "jpeg2000", "jpegls", "enhanced")
+EXTRAS = ("localizer", "thick", "secondary", "dose", "stray")
+LAYOUTS = ("flat", "nested", "noext")
+CONTRAST_PHASES = ("arterial", "portal")
+_LUMEN_HU = {"arterial": (200, 400), "portal": (130, 200), "none": (35, 45)}
+_KIDNEY_HU = {"arterial": (140, 180), "portal": (100, 140), "none": (28, 35)}
 _VENDORS = ("Acme Medical", "Helix Imaging", "Orbis CT", "Nova Systems", "Vertex Health", "Lumen Scan")
 
 
 @dataclass(frozen=True)
 class ScannerProfile:
+    """How a site's scanner samples and exports a patient (never what the patient looks like)."""
     name: str = "generic"
     manufacturer: str = "SYNTH"
     matrix: int = 128            # rows = columns
     fov_mm: float = 360.0        # in-plane field of view; pixel spacing = fov_mm / matrix
-    slice_thickness_mm: float = 5.0   # also the slice spacing
+    slice_thickness_mm: float = 5.0   # header SliceThickness
     noise_hu: float = 12.0       # Gaussian noise SD in HU
-    contrast: bool = True        # arterial phase: lumen 200-400 HU, else lumen ~40 HU
+    contrast: bool = True        # contrast_phase below, else lumen ~40 HU
     signed: bool = False         # PixelRepresentation 1 (int16, intercept 0) vs 0 (uint16, intercept -1024)
     kvp: float = 120.0
+    slice_spacing_mm: float | None = None   # distance between slice centres; None = slice_thickness_mm
+    contrast_phase: str = "arterial"  # "arterial" lumen 200-400 HU | "portal" lumen 130-200 HU, kidneys less
+    orientation: str = "standard"     # one of ORIENTATIONS (see synth_dicom)
+    feet_first: bool = False     # PatientPosition FFS, InstanceNumber 1 at the feet end
+    file_order: str = "shuffled"  # file names vs InstanceNumber: "shuffled" | "ascending" | "descending"
+    transfer_syntax: str = "explicit"  # one of TRANSFER_SYNTAXES; "enhanced" = one multi-frame Enhanced CT file
+    bits_stored: int = 0         # 0 = 16 signed / 12 unsigned; else 12, 13, 14 or 16
+    pixel_padding: bool = False  # pixels outside the circular reconstruction FOV hold PixelPaddingValue
+    extras: tuple[str, ...] = ()  # more material in each study folder, from EXTRAS
+    layout: str = "flat"         # one of LAYOUTS
+    tortuosity: float = 0.0      # 0..1: wandering, oblique aortic centreline
+
+    def __post_init__(self):
+        object.__setattr__(self, "extras", tuple(self.extras))
+        for field, allowed in (("contrast_phase", CONTRAST_PHASES), ("orientation", ORIENTATIONS),
+                               ("file_order", FILE_ORDERS), ("transfer_syntax", TRANSFER_SYNTAXES),
+                               ("layout", LAYOUTS), ("bits_stored", (0, 12, 13, 14, 16))):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
+        if not set(self.extras) <= set(EXTRAS):
+            raise ValueError(f"extras must be among {EXTRAS}, got {self.extras!r}")
+        if min(self.slice_thickness_mm, self.spacing_mm, self.fov_mm, self.matrix) <= 0:
+            raise ValueError("matrix, fov_mm, slice_thickness_mm and slice_spacing_mm must be positive")
+        if not 0 <= self.tortuosity <= 1:
+            raise ValueError(f"tortuosity must be within 0..1, got {self.tortuosity}")
+
+    @property
+    def spacing_mm(self) -> float:
+        """Distance between slice centres."""
+        return float(self.slice_thickness_mm if self.slice_spacing_mm is None else self.slice_spacing_mm)
+
+    @property
+    def phase(self) -> str:
+        """"arterial" | "portal" | "none" (no contrast)."""
+        return self.contrast_phase if self.contrast else "none"
 
 
 @dataclass(frozen=True)
@@ -70,13 +123,17 @@ class StudyTruth:
 
 @dataclass
 class SyntheticStudy:
-    """One rendered study. Slice 0 is the head-most slice (highest z, DICOM InstanceNumber 1).
+    """One rendered study, always in canonical axial layout whatever the profile's orientation.
+    Slice 0 is the head-most slice (highest z).
 
     ``hu`` is (slices, rows, cols) float32 HU with noise, before integer rounding; row index grows toward
-    +y (posterior), column index toward +x (patient left); pixel (r, c) centre is
-    ``(origin_mm[0] + c * pixel_spacing_mm, origin_mm[1] + r * pixel_spacing_mm)``.
-    ``diameter_mm`` / ``aorta_center_mm`` give the aortic outer diameter and centre (x, y) per slice
-    (0 / NaN below the bifurcation), e.g. to build segmentation targets.
+    +y (posterior), column index toward +x (patient left); pixel (r, c) centre of slice k is
+    ``(origin_mm[0] + c * pixel_spacing_mm, origin_mm[1] + r * pixel_spacing_mm, z_mm[k])``.
+    ``diameter_mm`` / ``aorta_center_mm`` give the aortic outer diameter (perpendicular to the centreline)
+    and centre (x, y) per slice, ``aorta_direction`` the unit tangent (x, y, z) of the centreline (toward +z)
+    and ``aorta_tilt_deg`` its angle to the z axis (0 / NaN below the bifurcation), e.g. to build
+    segmentation targets. An axial cut of the tilted aorta is an ellipse with semi-axes
+    ``diameter / 2 / cos(tilt)`` along the in-plane direction of the tangent and ``diameter / 2`` across.
     """
     hu: np.ndarray
     z_mm: np.ndarray
@@ -89,6 +146,9 @@ class SyntheticStudy:
     age: int
     max_diameter_mm: float
     max_z_mm: float
+    aorta_tilt_deg: np.ndarray | None = None
+    aorta_direction: np.ndarray | None = None
+    slice_spacing_mm: float | None = None
 
     @property
     def aaa(self) -> int:
@@ -102,24 +162,40 @@ class SyntheticStudy:
 def default_sites(n_sites: int = 3, studies_per_site: int = 60, seed: int = 0,
                   matrix: int = 128) -> list[SiteSpec]:
     """Heterogeneous hospitals, deterministic in ``seed``: study counts x0.7-1.3, prevalence 0.3-0.5,
-    slice thickness 2.5/3/5 mm, FOV 340-420 mm, noise 8-25 HU, contrast and non-contrast sites (at least
-    one of each when n_sites >= 2), alternating signed/unsigned storage and vendor names."""
+    slice thickness 1.25/2.5/3/5 mm at a spacing of at least 2.5 mm (to keep studies small), FOV 340-420 mm,
+    noise 8-25 HU, contrast (arterial or portal) and non-contrast sites (at least one of each when
+    n_sites >= 2), alternating signed/unsigned storage with various BitsStored, mostly standard orientation
+    (sometimes flipped or feet-first), file orders, padding, one losslessly compressed site, one tortuous
+    aorta site, extra series and stray files, flat/nested/extension-less layouts and vendor names."""
     rng = np.random.default_rng(seed)
-    thick = rng.permutation([2.5, 3.0, 5.0])
+    thick = rng.permutation([1.25, 2.5, 3.0, 5.0])
     vendors = rng.permutation(len(_VENDORS))
     contrast = rng.random(n_sites) < 0.7
     if n_sites >= 2:
         off, on = rng.permutation(n_sites)[:2]
         contrast[off], contrast[on] = False, True
     signed0 = int(rng.integers(2))
+    packed, tortuous = rng.integers(n_sites, size=2)
+    codec = str(rng.choice(["rle", "jpeg2000", "jpegls"]))
     sites = []
     for i in range(n_sites):
         vendor = _VENDORS[vendors[i % len(_VENDORS)]]
+        t, signed = float(thick[i % 4]), bool((i + signed0) % 2)
+        extras = [e for e, p in (("localizer", 0.5), ("thick", 0.2), ("secondary", 0.2), ("dose", 0.4),
+                                 ("stray", 0.3)) if rng.random() < p]
         profile = ScannerProfile(
-            name=f"{vendor.split()[0].lower()}-{thick[i % 3]:g}mm", manufacturer=vendor, matrix=matrix,
-            fov_mm=float(round(rng.uniform(340, 420))), slice_thickness_mm=float(thick[i % 3]),
-            noise_hu=round(float(rng.uniform(8, 25)), 1), contrast=bool(contrast[i]),
-            signed=bool((i + signed0) % 2), kvp=float(rng.choice([100.0, 120.0, 140.0])))
+            name=f"{vendor.split()[0].lower()}-{t:g}mm", manufacturer=vendor, matrix=matrix,
+            fov_mm=float(round(rng.uniform(340, 420))), slice_thickness_mm=t,
+            slice_spacing_mm=None if t >= 2.5 else 2.5,
+            noise_hu=round(float(rng.uniform(8, 25)), 1), contrast=bool(contrast[i]), signed=signed,
+            kvp=float(rng.choice([100.0, 120.0, 140.0])),
+            contrast_phase="portal" if rng.random() < 0.35 and contrast[i] else "arterial",
+            orientation=str(rng.choice(ORIENTATIONS[:4], p=[0.64, 0.12, 0.12, 0.12])),
+            feet_first=bool(rng.random() < 0.25), file_order=str(rng.choice(FILE_ORDERS)),
+            transfer_syntax=codec if i == packed else str(rng.choice(["explicit", "explicit", "implicit"])),
+            bits_stored=int(rng.choice([0, 12, 16] if signed else [0, 14, 16])),
+            pixel_padding=bool(rng.random() < 0.4), extras=tuple(extras),
+            layout=str(rng.choice(LAYOUTS, p=[0.5, 0.3, 0.2])), tortuosity=0.5 if i == tortuous else 0.0)
         sites.append(SiteSpec(
             name=f"hospital-{chr(ord('a') + i % 26)}{'' if i < 26 else i // 26}",
             n_studies=max(4, int(round(studies_per_site * rng.uniform(0.7, 1.3)))),
@@ -147,6 +223,18 @@ def _ellipse(cx, cy, a, b, theta=0.0):
     return (cx - ex, cx + ex, cy - ey, cy + ey), sdf
 
 
+def _tube(cx, cy, r, phi, sec):
+    """Axial cut of a straight tube of radius r tilted toward in-plane angle phi (sec = 1 / cos(tilt))."""
+    return _circle(cx, cy, r) if sec == 1.0 else _ellipse(cx, cy, r * sec, r, phi)
+
+
+def _stretch(dx, dy, phi, sec):
+    """Map an offset in the tube's perpendicular section onto the axial plane (stretch sec along phi)."""
+    c, s = np.cos(phi), np.sin(phi)
+    u, v = (dx * c + dy * s) * sec, dy * c - dx * s
+    return u * c - v * s, u * s + v * c
+
+
 class _Grid:
     def __init__(self, matrix: int, fov: float):
         self.ps = fov / matrix
@@ -164,33 +252,45 @@ class _Grid:
             sub += (hu - sub) * cov
 
 
-def _wander(rng, h, amp):
-    """Smooth zero-mean random displacement along z (two sinusoids), peak about ``amp`` mm."""
-    lam, ph, w = rng.uniform(80, 250, 2), rng.uniform(0, 2 * np.pi, 2), rng.dirichlet([2, 2])
-    return amp * sum(w[i] * np.sin(2 * np.pi * h / lam[i] + ph[i]) for i in range(2))
+def _wander(rng, amp, lam=(80, 250)):
+    """Smooth zero-mean random displacement along height (two sinusoids), peak about ``amp`` mm:
+    returns (f, df/dh) as functions of height h (mm)."""
+    lam, ph, w = rng.uniform(*lam, 2), rng.uniform(0, 2 * np.pi, 2), rng.dirichlet([2, 2])
+    k = 2 * np.pi / lam
+    return (lambda h: amp * sum(w[i] * np.sin(k[i] * h + ph[i]) for i in range(2)),
+            lambda h: amp * sum(w[i] * k[i] * np.cos(k[i] * h + ph[i]) for i in range(2)))
 
 
-def _diameter_profile(rng, h, h_bif, male, kind):
-    """Aortic outer diameter at heights ``h``: (baseline tapering caudally, baseline + fusiform bulge)."""
-    cover = h.max() + h.min()
+def _diameter_profile(rng, cover, h_bif, male, kind):
+    """Aortic outer diameter as functions of height h: (baseline tapering caudally, baseline + fusiform
+    bulge), and the height (on a 0.5 mm grid) where the diameter is largest inside the scan."""
     taper = rng.uniform(1.0, 2.5)
     d0 = float(np.clip(rng.normal(*((19.3, 1.8) if male else (16.7, 1.6))), 15.0, 24.0 - taper))
-    base = d0 + taper * (h - h_bif) / (cover - h_bif)
+    base = lambda h: d0 + taper * (np.asarray(h) - h_bif) / (cover - h_bif)  # noqa: E731
     if kind == "normal":
-        return base, base.copy()
+        return base, base, np.floor(cover * 2) / 2                        # the head-most slice
     peak = 30 + 50 * rng.beta(1.8, 3.2) if kind == "aneurysm" else rng.uniform(25.0, 29.5)
     length = min(rng.uniform(40, 120), 2 * (cover - 120 - h_bif))        # infrarenal: sac ends >= 90 mm below top
-    hp = rng.uniform(h_bif + 30, min(h_bif + 110, cover - 90 - length / 2))
-    hp = h[np.argmin(np.abs(h - hp))]                                     # peak on a slice centre: max is visible
-    return base, base + (peak - base) * np.cos(np.clip((h - hp) / (length / 2), -1, 1) * np.pi / 2) ** 2
+    hp = round(rng.uniform(h_bif + 30, min(h_bif + 110, cover - 90 - length / 2)) * 2) / 2
+    bulge = lambda h: base(h) + (peak - base(h)) * np.cos(  # noqa: E731
+        np.clip((np.asarray(h) - hp) / (length / 2), -1, 1) * np.pi / 2) ** 2
+    return base, bulge, hp
+
+
+def _slice_heights(anchor, cover, spacing):
+    """Slice centre heights in [0, cover] on the grid anchor + m * spacing, head-most first."""
+    m = np.arange(np.floor((cover - anchor) / spacing + 1e-9), np.ceil(-anchor / spacing - 1e-9) - 1, -1)
+    return anchor + m * spacing
 
 
 def render_study(rng: np.random.Generator, profile: ScannerProfile, kind: str, sex: str) -> SyntheticStudy:
     """Render one abdominal CT volume of the given ``kind`` ("normal" | "ectatic" | "aneurysm") and ``sex``
-    ("M" | "F"), noise included. Deterministic in the state of ``rng``."""
+    ("M" | "F"), noise included. Deterministic in the state of ``rng``; the anatomy depends only on the rng
+    state, ``kind`` and ``sex`` (every random draw but the final noise is made before ``profile`` is used;
+    ``profile.tortuosity`` only scales an already drawn centreline)."""
     if kind not in KINDS or sex not in ("M", "F"):
         raise ValueError(f"kind must be one of {KINDS} and sex 'M' or 'F', got {kind!r}, {sex!r}")
-    g, t, male = _Grid(profile.matrix, profile.fov_mm), profile.slice_thickness_mm, sex == "M"
+    male = sex == "M"
     age = int(np.clip(rng.normal(*{"aneurysm": (72, 7), "ectatic": (68, 9), "normal": (58, 12)}[kind]), 35, 90))
     # body, spine (z-invariant)
     a, b = rng.uniform(*((150, 175) if male else (140, 165))), rng.uniform(*((110, 130) if male else (100, 120)))
@@ -199,27 +299,20 @@ def render_study(rng: np.random.Generator, profile: ScannerProfile, kind: str, s
     a_in, b_in = a - fat - muscle, b - fat - muscle
     vr, vc = rng.uniform(18, 22), b - rng.uniform(45, 55)
     shell = rng.uniform(2, 3)
-    base_img = np.full((profile.matrix,) * 2, -1000.0, np.float32)
-    for shape, hu in (
-            (_ellipse(0, 0, a, b), -100), (_ellipse(0, 0, a - fat, b - fat), 50), (_ellipse(0, 0, a_in, b_in), -90),
-            (_ellipse(-(vr + 14), vc + 4, 13, 19), 50), (_ellipse(vr + 14, vc + 4, 13, 19), 50),     # psoas
-            (_ellipse(-28, vc + vr + 8, 18, 12), 50), (_ellipse(28, vc + vr + 8, 18, 12), 50),       # erectors
-            (_circle(0, vc, vr), 800), (_circle(0, vc, vr - shell), rng.uniform(200, 250)),
-            (_ellipse(0, vc + vr + 10, 20, 9), 450), (_circle(0, vc + vr + 7, 6), 15)):         # arch, canal
-        g.paint(base_img, shape, hu)
-    # z geometry: h = height (mm) above the caudal edge of the scan; slice 0 = head
-    n = int(round(rng.uniform(220, 260) / t))
-    cover = n * t
-    h = (np.arange(n)[::-1] + 0.5) * t
-    z = round(rng.uniform(-320, -220) * 2) / 2 + h
+    body = (
+        (_ellipse(0, 0, a, b), -100), (_ellipse(0, 0, a - fat, b - fat), 50), (_ellipse(0, 0, a_in, b_in), -90),
+        (_ellipse(-(vr + 14), vc + 4, 13, 19), 50), (_ellipse(vr + 14, vc + 4, 13, 19), 50),     # psoas
+        (_ellipse(-28, vc + vr + 8, 18, 12), 50), (_ellipse(28, vc + vr + 8, 18, 12), 50),       # erectors
+        (_circle(0, vc, vr), 800), (_circle(0, vc, vr - shell), rng.uniform(200, 250)),
+        (_ellipse(0, vc + vr + 10, 20, 9), 450), (_circle(0, vc + vr + 7, 6), 15))           # arch, canal
+    # z geometry in mm: h = height above the caudal edge of the scan, z = z_lo + h
+    cover = rng.uniform(220, 260)
+    z_lo = round(rng.uniform(-320, -220) * 2) / 2
     h_bif = rng.uniform(40, 60)
-    base, D = _diameter_profile(rng, h, h_bif, male, kind)
-    aortic = h >= h_bif
-    D = np.where(aortic, D, 0.0)
-    R = D / 2
-    ax = rng.uniform(10, 20) + _wander(rng, h, rng.uniform(1.5, 4))
-    ay = vc - vr - 3 - R
-    wall, lumen_hu = rng.uniform(1.5, 2.5), rng.uniform(200, 400) if profile.contrast else rng.uniform(35, 45)
+    base_fn, diam_fn, anchor = _diameter_profile(rng, cover, h_bif, male, kind)
+    ax0 = rng.uniform(10, 20)
+    wander_x = _wander(rng, rng.uniform(1.5, 4))[0]
+    wall, u_lumen = rng.uniform(1.5, 2.5), rng.random()
     thrombus = kind == "aneurysm" and rng.random() < 0.75
     # thrombus: HU, share of the sac it fills, lumen eccentricity and direction
     thr_hu, thr_frac, thr_ecc = rng.uniform(35, 50), rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.9)
@@ -230,133 +323,148 @@ def render_study(rng: np.random.Generator, profile: ScannerProfile, kind: str, s
             calcs.append((rng.uniform(h_bif, cover), rng.uniform(2.5, 10), rng.uniform(0, 2 * np.pi),
                           int(rng.integers(1, 5)), rng.uniform(0.8, 1.6), rng.uniform(400, 1200)))
     r_il, spread = rng.uniform(4.5, 6.5), rng.uniform(0.35, 0.6)
-    i_bif = int(np.flatnonzero(aortic)[-1])
-    il_dx = max(r_il * 1.05, R[i_bif] - r_il) + spread * np.clip(h_bif - h, 0, None)
-    kid_hu = rng.uniform(140, 180) if profile.contrast else rng.uniform(28, 35)
+    u_kid = rng.random()
     kidneys = [(s, cover - rng.uniform(40, 55) - (8 if s < 0 else 0), rng.uniform(45, 55),   # side, h, half length
                 rng.uniform(26, 30), rng.uniform(14, 17), s * (vr + rng.uniform(40, 50)),      # semi-axes, x
                 vc + rng.uniform(-5, 10), s * rng.uniform(0.3, 0.6)) for s in (1, -1)]         # y, rotation
     bowel = [(rng.uniform(-(a_in - 25), a_in - 25), rng.uniform(-(b_in - 20), vc - vr - 25), rng.uniform(8, 20),
               rng.uniform(5, 15), rng.uniform(60, 160, 2), rng.uniform(0, 2 * np.pi, 3),
               -1000.0 if rng.random() < 0.4 else rng.uniform(10, 30)) for _ in range(rng.integers(6, 11))]
+    tort_x, tort_y = _wander(rng, 25.0, (150, 300)), _wander(rng, 40.0, (150, 300))
 
+    # ---- sampling on the scanner's grid: no random draws from here until the noise
+    g, tau = _Grid(profile.matrix, profile.fov_mm), profile.tortuosity
+    lo, hi = _LUMEN_HU[profile.phase]
+    lumen_hu = lo + u_lumen * (hi - lo)
+    lo, hi = _KIDNEY_HU[profile.phase]
+    kid_hu = lo + u_kid * (hi - lo)
+    h = _slice_heights(anchor, cover, profile.spacing_mm)
+    n, z = len(h), z_lo + h
+    aortic = h >= h_bif
+    D = np.where(aortic, diam_fn(h), 0.0)
+    R, base = D / 2, base_fn(h)
+    # tortuous centreline: x wanders both ways, y only anteriorly (the aorta lies on the spine)
+    hb = np.maximum(h, h_bif)
+    tx, ty = tau * tort_x[0](hb), -tau * (tort_y[0](hb) + 40.0) / 2
+    dtx, dty = tau * tort_x[1](h), -tau * tort_y[1](h) / 2
+    slope = np.where(aortic, np.hypot(dtx, dty), 0.0)
+    phi, sec = np.arctan2(dty, dtx), np.sqrt(1 + slope**2)
+    ex = R * np.sqrt((sec * np.cos(phi)) ** 2 + np.sin(phi) ** 2)          # half extents of the oblique cut
+    ey = R * np.sqrt((sec * np.sin(phi)) ** 2 + np.cos(phi) ** 2)
+    ax = ax0 + wander_x(h) + tx
+    ay = vc - vr - 3 - ey + ty
+    il_dx = max(r_il * 1.05, float(diam_fn(h_bif)) / 2 - r_il) + spread * np.clip(h_bif - h, 0, None)
+
+    base_img = np.full((profile.matrix,) * 2, -1000.0, np.float32)
+    for shape, v in body:
+        g.paint(base_img, shape, v)
     hu = np.empty((n, profile.matrix, profile.matrix), np.float32)
     for k in range(n):
         img = hu[k]
         img[:] = base_img
-        vessels = [(ax[k], ay[k], R[k])] if aortic[k] else \
-            [(ax[k] + s * il_dx[k], vc - vr - 3 - r_il, r_il) for s in (1, -1)]
+        vessels = [(ax[k], ay[k], R[k], phi[k], sec[k])] if aortic[k] else \
+            [(ax[k] + s * il_dx[k], vc - vr - 3 - r_il, r_il, 0.0, 1.0) for s in (1, -1)]
         for s, kh, hz, ka, kb, kx0, ky, th in kidneys:
             q = 1 - ((h[k] - kh) / hz) ** 2
             if q > 0:
                 sa, sb = ka * np.sqrt(q), kb * np.sqrt(q)
-                ex = np.hypot(sa * np.cos(th), sb * np.sin(th))
-                kx = s * max(abs(kx0), s * ax[k] + R[k] + 10 + ex)   # >= 10 mm of fat from the aorta
+                kex = np.hypot(sa * np.cos(th), sb * np.sin(th))
+                kx = s * max(abs(kx0), s * ax[k] + ex[k] + 10 + kex)   # >= 10 mm of fat from the aorta
                 g.paint(img, _ellipse(kx, ky, sa, sb, th), kid_hu)
         for bx0, by0, r0, amp, lam, ph, content in bowel:
             bx = bx0 + amp * np.sin(2 * np.pi * h[k] / lam[0] + ph[0])
             by = by0 + amp * np.cos(2 * np.pi * h[k] / lam[1] + ph[1])
             r = r0 * (0.6 + 0.4 * np.sin(2 * np.pi * h[k] / lam[0] + ph[2]) ** 2)
             inside = (bx / (a_in - r - 3)) ** 2 + (by / (b_in - r - 3)) ** 2 < 1 and by + r < vc - vr - 5
-            if inside and all(np.hypot(bx - vx, by - vy) - vr_ - r > 15 for vx, vy, vr_ in vessels):
+            if inside and all(np.hypot(bx - vx, by - vy) - vr_ * se - r > 15 for vx, vy, vr_, _, se in vessels):
                 g.paint(img, _circle(bx, by, r), 40)
                 g.paint(img, _circle(bx, by, r - 2), content)
-        for vx, vy, vrad in vessels:
-            g.paint(img, _circle(vx, vy, vrad), 45)
+        for vx, vy, vrad, ph_, se in vessels:
+            g.paint(img, _tube(vx, vy, vrad, ph_, se), 45)
             ri = vrad - wall
             rl = min(ri, base[k] / 2 - wall + thr_frac * (ri - base[k] / 2 + wall)) if thrombus and aortic[k] else ri
             if rl < ri:
-                g.paint(img, _circle(vx, vy, ri), thr_hu)
-            off = thr_ecc * (ri - rl)
-            g.paint(img, _circle(vx + off * np.cos(thr_dir), vy + off * np.sin(thr_dir), rl), lumen_hu)
+                g.paint(img, _tube(vx, vy, ri, ph_, se), thr_hu)
+            dx, dy = _stretch(thr_ecc * (ri - rl) * np.cos(thr_dir), thr_ecc * (ri - rl) * np.sin(thr_dir), ph_, se)
+            g.paint(img, _tube(vx + dx, vy + dy, rl, ph_, se), lumen_hu)
         if aortic[k]:
             for hc, hl, ang, nseg, rc, chu in calcs:
                 if abs(h[k] - hc) <= hl:
                     rr = R[k] - rc - 0.3                       # inside the outer wall
                     for a_j in ang + 0.15 * np.arange(nseg):
-                        g.paint(img, _circle(ax[k] + rr * np.cos(a_j), ay[k] + rr * np.sin(a_j), rc), chu)
+                        dx, dy = _stretch(rr * np.cos(a_j), rr * np.sin(a_j), phi[k], sec[k])
+                        g.paint(img, _tube(ax[k] + dx, ay[k] + dy, rc, phi[k], sec[k]), chu)
     if profile.noise_hu > 0:
         hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(profile.noise_hu)
     k_max = int(np.argmax(D))
     return SyntheticStudy(
         hu=hu, z_mm=z, pixel_spacing_mm=g.ps, origin_mm=(float(g.c[0]), float(g.c[0])), diameter_mm=D,
         aorta_center_mm=np.where(aortic[:, None], np.stack([ax, ay], 1), np.nan), kind=kind, sex=sex, age=age,
-        max_diameter_mm=round(float(D[k_max]), 1), max_z_mm=float(z[k_max]))
+        max_diameter_mm=round(float(D[k_max]), 1), max_z_mm=float(z[k_max]),
+        aorta_tilt_deg=np.where(aortic, np.degrees(np.arctan(slope)), np.nan),
+        aorta_direction=np.where(aortic[:, None], np.stack([dtx, dty, np.ones(n)], 1) / sec[:, None], np.nan),
+        slice_spacing_mm=profile.spacing_mm)
 
 
-# ---------------------------------------------------------------------------------------------- DICOM
-def encode_pixels(hu: np.ndarray, profile: ScannerProfile) -> tuple[np.ndarray, int]:
-    """Round HU to integers and convert to stored values; returns (stored array, RescaleIntercept)."""
-    v = np.rint(hu)
-    if profile.signed:
-        return np.clip(v, -1024, 3071).astype(np.int16), 0
-    return np.clip(v + 1024, 0, 4095).astype(np.uint16), -1024
+# ---------------------------------------------------------------------------------------------- variants
+VARIANT_BASE = ScannerProfile(name="variant", noise_hu=0.0)
+ACQUISITION_VARIANTS: dict[str, dict] = {
+    # same anatomy and HU, stored/exported differently: a reader must return the reference volume
+    "reference": {},
+    "ascending": {"file_order": "ascending"},
+    "descending": {"file_order": "descending"},
+    "feet_first": {"feet_first": True},
+    "flip_rows": {"orientation": "flip_rows"},
+    "flip_cols": {"orientation": "flip_cols"},
+    "flip_both": {"orientation": "flip_both"},
+    "coronal": {"orientation": "coronal"},
+    "signed": {"signed": True},
+    "unsigned_12bit": {"signed": False, "bits_stored": 12},
+    "signed_12bit": {"signed": True, "bits_stored": 12},
+    "bits13": {"signed": False, "bits_stored": 13},
+    "bits14": {"signed": True, "bits_stored": 14},
+    "unsigned_16bit": {"signed": False, "bits_stored": 16},
+    "padding": {"pixel_padding": True},
+    "padding_signed": {"pixel_padding": True, "signed": True},
+    "implicit": {"transfer_syntax": "implicit"},
+    "rle": {"transfer_syntax": "rle"},
+    "jpeg2000": {"transfer_syntax": "jpeg2000"},
+    "jpegls": {"transfer_syntax": "jpegls"},
+    "enhanced": {"transfer_syntax": "enhanced"},
+    "nested": {"layout": "nested"},
+    "noext": {"layout": "noext"},
+    "localizer": {"extras": ("localizer", "thick", "secondary", "dose", "stray")},
+    "kitchen_sink": {"orientation": "flip_both", "feet_first": True, "file_order": "descending", "signed": True,
+                     "bits_stored": 13, "transfer_syntax": "jpegls", "pixel_padding": True, "layout": "nested",
+                     "extras": ("localizer", "thick", "secondary", "dose", "stray")},
+    # same anatomy sampled differently (slice grid or pixel spacing): compare after resampling
+    "thin_1mm": {"slice_thickness_mm": 1.25, "slice_spacing_mm": 1.25},
+    "thick_5mm": {"slice_thickness_mm": 5.0, "slice_spacing_mm": 5.0},
+    "overlap": {"slice_thickness_mm": 5.0, "slice_spacing_mm": 2.5},
+    "gap": {"slice_thickness_mm": 1.25, "slice_spacing_mm": 2.5},
+    "fov_small": {"fov_mm": 300.0},
+    "fov_large": {"fov_mm": 440.0},
+}
+RESAMPLED_VARIANTS = ("thin_1mm", "thick_5mm", "overlap", "gap", "fov_small", "fov_large")
 
 
-def write_study(folder: Path, study: SyntheticStudy, profile: ScannerProfile, study_id: str,
-                rng: np.random.Generator) -> None:
-    """Write ``study`` into ``folder`` as one CT DICOM file per axial slice (Explicit VR Little Endian).
-    UIDs derive from ``rng`` and ``study_id``; file names ``IMnnnn.dcm`` are shuffled w.r.t. slice order."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    px, intercept = encode_pixels(study.hu, profile)
-    token = str(int(rng.integers(2**62)))
-    uid = lambda *parts: generate_uid(entropy_srcs=[token, study_id, *map(str, parts)])  # noqa: E731
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CTImageStorage
-    date = (_dt.date(2020, 1, 1) + _dt.timedelta(days=int(rng.integers(0, 1800)))).strftime("%Y%m%d")
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
-    ds.StudyTime = ds.SeriesTime = "120000"
-    ds.AccessionNumber = ""
-    ds.Modality = "CT"
-    ds.Manufacturer = profile.manufacturer
-    ds.ManufacturerModelName = profile.name
-    ds.StudyDescription = "Synthetic abdominal CT"
-    ds.SeriesDescription = "Abdomen arterial" if profile.contrast else "Abdomen non-contrast"
-    ds.PatientName = "Synthetic^" + study_id.replace("-", "")
-    ds.PatientID = f"SYNTH-{study_id}"
-    ds.PatientSex = study.sex
-    ds.PatientAge = f"{study.age:03d}Y"
-    ds.BodyPartExamined = "ABDOMEN"
-    if profile.contrast:
-        ds.ContrastBolusAgent = "Iodinated contrast"
-    ds.SliceThickness = DSfloat(profile.slice_thickness_mm, auto_format=True)
-    ds.SpacingBetweenSlices = DSfloat(profile.slice_thickness_mm, auto_format=True)
-    ds.KVP = DSfloat(profile.kvp, auto_format=True)
-    ds.PatientPosition = "HFS"
-    ds.StudyInstanceUID = uid("study")
-    ds.SeriesInstanceUID = uid("series")
-    ds.StudyID = study_id[-16:]
-    ds.SeriesNumber = 1
-    ds.FrameOfReferenceUID = uid("frame")
-    ds.PositionReferenceIndicator = ""
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = px.shape[1:]
-    ps = DSfloat(study.pixel_spacing_mm, auto_format=True)
-    ds.PixelSpacing = [ps, ps]
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16 if profile.signed else 12
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = int(profile.signed)
-    ds.WindowCenter, ds.WindowWidth = 40, 400
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = intercept, 1, "HU"
-    x0, y0 = (DSfloat(v, auto_format=True) for v in study.origin_mm)
-    names = rng.permutation(len(px)) + 1
-    for k, z in enumerate(study.z_mm):
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = uid("image", k)
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [x0, y0, DSfloat(float(z), auto_format=True)]
-        ds.SliceLocation = DSfloat(float(z), auto_format=True)
-        ds.PixelData = px[k].tobytes()
-        ds.save_as(folder / f"IM{names[k]:04d}.dcm", enforce_file_format=True)
+def variant_profile(variant: str | dict, base: ScannerProfile = VARIANT_BASE) -> ScannerProfile:
+    """``base`` with the overrides of a named :data:`ACQUISITION_VARIANTS` entry (or of a dict)."""
+    return replace(base, **(ACQUISITION_VARIANTS[variant] if isinstance(variant, str) else variant))
+
+
+def write_variant(folder: Path, seed: int, variant: str | dict, base: ScannerProfile = VARIANT_BASE,
+                  kind: str = "aneurysm", sex: str = "M") -> StudyTruth:
+    """Render the patient of ``np.random.default_rng(seed)`` under ``variant`` and write it as the study
+    folder ``folder``. The same seed gives the same anatomy under every variant (and, with noise 0 and
+    the same pixel/slice grid, the same HU)."""
+    profile = variant_profile(variant, base)
+    name = variant if isinstance(variant, str) else "custom"
+    rng = np.random.default_rng(seed)
+    study = render_study(rng, profile, kind, sex)
+    sid = f"v{seed}-{re.sub(r'[^A-Za-z0-9]', '', name)}"
+    write_study(folder, study, profile, sid, rng)
+    return study.truth(sid)
 
 
 # ---------------------------------------------------------------------------------------------- sites
@@ -396,7 +504,7 @@ def _write_csv(path: Path, columns, rows) -> None:
 
 def write_site(root: Path, spec: SiteSpec, splits=(0.7, 0.15, 0.15), *,
                progress: Callable[[str], None] | None = None) -> Path:
-    """Write ``root/spec.name`` (manifest.csv, truth.csv, studies/<id>/*.dcm) and return that folder.
+    """Write ``root/spec.name`` (manifest.csv, truth.csv, studies/<id>/...) and return that folder.
 
     Prevalence is exact up to rounding; negatives are ~70% normal / ~30% ectatic; the split is stratified by
     ``aaa``. Deterministic in ``spec.seed``. A folder already complete for the same spec is reused untouched;

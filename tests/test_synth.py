@@ -1,4 +1,5 @@
-"""Tests for simulations.synth: DICOM validity, geometry, HU round-trip, anatomy, labels, determinism, reuse."""
+"""Tests for simulations.synth: DICOM validity, geometry, HU round-trip, anatomy, labels, determinism, reuse,
+acquisition variants (checked by an independent pixel -> LPS mapping) and anatomy invariance across profiles."""
 import csv
 import json
 import re
@@ -8,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import CTImageStorage
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import CTImageStorage, EnhancedCTImageStorage
 
-from simulations.synth import (KINDS, MANIFEST_COLUMNS, ScannerProfile, SiteSpec, default_sites, render_study,
-                               write_federation, write_site, write_study)
+from simulations.synth import (ACQUISITION_VARIANTS, EXTRAS, KINDS, MANIFEST_COLUMNS, ScannerProfile, SiteSpec,
+                               default_sites, render_study, variant_profile, write_federation, write_site,
+                               write_study, write_variant)
 
 PROFILE = ScannerProfile(matrix=64, noise_hu=12.0)
 FAST = ScannerProfile(matrix=32, slice_thickness_mm=10.0)   # for folder logic only
@@ -229,10 +232,12 @@ def test_default_sites_and_federation(tmp_path):
     assert all(42 <= s.n_studies <= 78 and 0.3 <= s.aaa_prevalence <= 0.5 for s in sites)
     assert any(not s.profile.contrast for s in sites) and any(s.profile.contrast for s in sites)
     assert {s.profile.signed for s in sites} == {True, False}
-    assert {s.profile.slice_thickness_mm for s in sites} == {2.5, 3.0, 5.0}
+    assert {s.profile.slice_thickness_mm for s in sites} == {1.25, 2.5, 3.0, 5.0}
+    assert all(s.profile.spacing_mm >= 2.5 for s in sites)
     assert all(340 <= s.profile.fov_mm <= 420 and 8 <= s.profile.noise_hu <= 25 for s in sites)
     assert len({s.profile.manufacturer for s in sites}) == 4 and len({s.seed for s in sites}) == 4
-    small = [replace(s, n_studies=3, profile=replace(s.profile, slice_thickness_mm=10.0)) for s in sites[:2]]
+    small = [replace(s, n_studies=3, profile=replace(s.profile, slice_thickness_mm=10.0, slice_spacing_mm=None))
+             for s in sites[:2]]
     messages = []
     paths = write_federation(tmp_path, small, progress=messages.append)
     assert paths == [tmp_path / s.name for s in small] and all((p / "manifest.csv").exists() for p in paths)
@@ -241,3 +246,254 @@ def test_default_sites_and_federation(tmp_path):
     assert len(messages) == 8 and "reus" in messages[-1]
     with pytest.raises(ValueError):
         write_federation(tmp_path, [small[0], small[0]])
+
+
+# ------------------------------------------------------------------------------------------- one patient, many scanners
+VBASE = ScannerProfile(name="variant", matrix=40, slice_thickness_mm=10.0, noise_hu=0.0)   # 9 mm pixels: fast
+SEED = 21
+
+
+def _primary_frames(folder: Path):
+    """Independent reader: every image (or frame) of the CT image series with the most images, localizers and
+    non-CT objects left out, as (HU image, IPP, IOP, PixelSpacing [row, col]); plus the series' datasets."""
+    series = {}
+    for f in sorted(folder.rglob("*")):
+        try:
+            d = pydicom.dcmread(f)
+        except (InvalidDicomError, IsADirectoryError):
+            continue
+        if d.get("SOPClassUID") in (CTImageStorage, EnhancedCTImageStorage) and "LOCALIZER" not in d.ImageType:
+            series.setdefault(d.SeriesInstanceUID, []).append(d)
+    dss = max(series.values(), key=lambda v: sum(int(d.get("NumberOfFrames", 1)) for d in v))
+    frames = []
+    for d in dss:
+        arr = d.pixel_array.astype(np.float64)
+        if d.SOPClassUID == EnhancedCTImageStorage:
+            sh = d.SharedFunctionalGroupsSequence[0]
+            tr = sh.PixelValueTransformationSequence[0]
+            for a, fg in zip(arr, d.PerFrameFunctionalGroupsSequence):
+                frames.append((a * float(tr.RescaleSlope) + float(tr.RescaleIntercept),
+                               fg.PlanePositionSequence[0].ImagePositionPatient,
+                               sh.PlaneOrientationSequence[0].ImageOrientationPatient,
+                               sh.PixelMeasuresSequence[0].PixelSpacing))
+        else:
+            frames.append((arr * float(d.RescaleSlope) + float(d.RescaleIntercept), d.ImagePositionPatient,
+                           d.ImageOrientationPatient, d.PixelSpacing))
+    return dss, frames
+
+
+def _lps(frames):
+    """LPS centre of every transmitted pixel (IPP + col * dc * row_dir + row * dr * col_dir) and its HU."""
+    pts, vals = [], []
+    for hu, ipp, iop, ps in frames:
+        ipp, iop, ps = (np.array([float(v) for v in x]) for x in (ipp, iop, ps))
+        r, c = np.mgrid[:hu.shape[0], :hu.shape[1]]
+        pts.append((ipp + c[..., None] * ps[1] * iop[:3] + r[..., None] * ps[0] * iop[3:]).reshape(-1, 3))
+        vals.append(hu.reshape(-1))
+    return np.concatenate(pts), np.concatenate(vals)
+
+
+def _voxel_index(study, pts):
+    """(k, r, c) of the study voxel centred at each point (-1 where no voxel centre is there)."""
+    ps, (x0, y0) = study.pixel_spacing_mm, study.origin_mm
+    n = len(study.z_mm)
+    f = np.stack([np.interp(pts[:, 2], study.z_mm[::-1], np.arange(n)[::-1], left=-9, right=-9),
+                  (pts[:, 1] - y0) / ps, (pts[:, 0] - x0) / ps], 1)
+    idx = np.rint(f).astype(int)
+    ok = (np.abs(f - idx) < 1e-3).all(1) & (idx >= 0).all(1) & (idx[:, 1:] < study.hu.shape[1]).all(1)
+    ok &= np.abs(study.z_mm[np.clip(idx[:, 0], 0, n - 1)] - pts[:, 2]) < 1e-3
+    return np.where(ok[:, None], idx, -1)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return render_study(np.random.default_rng(SEED), VBASE, "aneurysm", "M")
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory) -> tuple[Path, dict]:
+    """Every acquisition variant of one patient, written once: (root folder, truth by variant)."""
+    root = tmp_path_factory.mktemp("variants")
+    return root, {v: write_variant(root / v, SEED, v, VBASE) for v in ACQUISITION_VARIANTS}
+
+
+@pytest.mark.parametrize("variant", list(ACQUISITION_VARIANTS))
+def test_variant_decodes_to_the_same_patient(variants, reference, variant):
+    profile = variant_profile(variant, VBASE)
+    folder, truth = variants[0] / variant, variants[1][variant]
+    study = render_study(np.random.default_rng(SEED), profile, "aneurysm", "M")
+    assert (truth.max_diameter_mm, truth.max_z_mm, truth.aaa) == \
+        (reference.max_diameter_mm, reference.max_z_mm, reference.aaa)
+    # every decoded pixel sits on a voxel centre of the rendered volume, each voxel exactly once, same HU
+    pts, vals = _lps(_primary_frames(folder)[1])
+    k, r, c = _voxel_index(study, pts).T
+    assert (k >= 0).all() and len(vals) == study.hu.size
+    assert len(np.unique(np.ravel_multi_index((k, r, c), study.hu.shape))) == study.hu.size
+    expected = np.clip(np.rint(study.hu[k, r, c]), -1024, 3071)
+    if profile.pixel_padding:
+        expected[np.hypot(pts[:, 0], pts[:, 1]) > profile.fov_mm / 2] = -2000 if profile.signed else -1024
+    np.testing.assert_array_equal(vals, expected)
+    # and it is the reference patient: same HU wherever both sample the same point, same aorta everywhere
+    shared = np.isin(study.z_mm, reference.z_mm)
+    assert shared.sum() >= min(len(study.z_mm), len(reference.z_mm)) - 1
+    if variant not in ("fov_small", "fov_large"):
+        np.testing.assert_array_equal(study.hu[shared], reference.hu[np.isin(reference.z_mm, study.z_mm)])
+    for j in range(2):
+        np.testing.assert_allclose(np.interp(reference.z_mm, study.z_mm[::-1], study.aorta_center_mm[::-1, j]),
+                                   reference.aorta_center_mm[:, j], atol=1e-9)
+
+
+def test_variant_headers_files_and_extras(variants, reference):
+    tmp_path = variants[0]
+
+    def series(v):
+        return _primary_frames(tmp_path / v)[0]
+
+    n, m, ps = len(reference.z_mm), VBASE.matrix, reference.pixel_spacing_mm
+    by_name = lambda dss: [int(d.InstanceNumber) for d in sorted(dss, key=lambda d: d.filename)]  # noqa: E731
+    assert by_name(series("ascending")) == list(range(1, n + 1))
+    assert by_name(series("descending")) == list(range(n, 0, -1))
+    for v, pos, head_first in (("reference", "HFS", True), ("feet_first", "FFS", False)):
+        dss = sorted(series(v), key=lambda d: int(d.InstanceNumber))
+        assert dss[0].PatientPosition == pos
+        zs = [float(d.ImagePositionPatient[2]) for d in dss]
+        assert zs == sorted(zs, reverse=head_first)
+    for v, iop in (("flip_rows", [-1, 0, 0, 0, 1, 0]), ("flip_cols", [1, 0, 0, 0, -1, 0]),
+                   ("flip_both", [-1, 0, 0, 0, -1, 0])):
+        d = series(v)[0]
+        assert [float(x) for x in d.ImageOrientationPatient] == iop
+        far = reference.origin_mm[0] + (m - 1) * ps
+        assert [float(x) for x in d.ImagePositionPatient[:2]] == pytest.approx(
+            [far if iop[0] < 0 else -far, far if iop[4] < 0 else -far])
+    dss = series("coronal")
+    assert len(dss) == m and {(d.Rows, d.Columns) for d in dss} == {(n, m)} and "DERIVED" in dss[0].ImageType
+    assert [float(x) for x in dss[0].ImageOrientationPatient] == [1, 0, 0, 0, 0, -1]
+    assert [float(x) for x in dss[0].PixelSpacing] == pytest.approx([10.0, ps])
+    for v, bits, sign in (("reference", 12, 0), ("signed", 16, 1), ("signed_12bit", 12, 1), ("bits13", 13, 0),
+                          ("bits14", 14, 1), ("unsigned_16bit", 16, 0)):
+        d = series(v)[0]
+        assert (d.BitsAllocated, d.BitsStored, d.HighBit, d.PixelRepresentation) == (16, bits, bits - 1, sign), v
+        assert float(d.RescaleIntercept) == (0 if sign else -1024) and "PixelPaddingValue" not in d
+    for v, pad, intercept in (("padding", 0, -1024), ("padding_signed", -2000, 0)):
+        d = series(v)[0]
+        assert d.PixelPaddingValue == pad and float(d.RescaleIntercept) == intercept
+        assert d.pixel_array[0, 0] == pad and (d.pixel_array == pad).sum() < m * m / 4
+    for v, ts in (("implicit", pydicom.uid.ImplicitVRLittleEndian), ("rle", pydicom.uid.RLELossless),
+                  ("jpeg2000", pydicom.uid.JPEG2000Lossless), ("jpegls", pydicom.uid.JPEGLSLossless)):
+        d = series(v)[0]
+        assert d.file_meta.TransferSyntaxUID == ts
+        assert d.original_encoding[0] == (v == "implicit")
+    (d,) = series("enhanced")
+    assert d.SOPClassUID == EnhancedCTImageStorage and int(d.NumberOfFrames) == n
+    assert d.pixel_array.shape == (n, m, m) and "ImagePositionPatient" not in d and "PixelSpacing" not in d
+    assert len(list((tmp_path / "enhanced").iterdir())) == 1
+    series("nested")
+    files = [p.relative_to(tmp_path / "nested").as_posix() for p in (tmp_path / "nested").rglob("*") if p.is_file()]
+    assert len(files) == n and all(re.fullmatch(r"DICOM/1/[0-9A-F]{8}", f) for f in files)
+    series("noext")
+    assert all(re.fullmatch(r"IM\d{4}", p.name) for p in (tmp_path / "noext").iterdir())
+
+    # extras: localizer (2 projections), thick series, screenshot, dose report, stray files
+    primary = series("localizer")
+    folder = tmp_path / "localizer"
+    assert {p.name for p in folder.iterdir() if not p.name.startswith("IM")} == {"README.txt", ".DS_Store", "DICOMDIR"}
+    others = {}
+    for f in folder.glob("IM*.dcm"):
+        d = pydicom.dcmread(f)
+        others.setdefault((d.SeriesNumber, d.SOPClassUID, d.Modality), []).append(d)
+    assert {k[0] for k in others} == {1, 2, 3, 998, 999} and len(primary) == n
+    loc = others[(1, CTImageStorage, "CT")]
+    assert len(loc) == 2 and all(list(d.ImageType) == ["ORIGINAL", "PRIMARY", "LOCALIZER"] for d in loc)
+    assert sorted(tuple(float(x) for x in d.ImageOrientationPatient) for d in loc) == [
+        (0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 0, -1)]
+    thick = sorted(others[(3, CTImageStorage, "CT")], key=lambda d: int(d.InstanceNumber))
+    assert len(thick) == n // 2 and float(thick[0].SpacingBetweenSlices) == 20.0
+    assert len({d.SeriesInstanceUID for v in others.values() for d in v}) == 5
+    assert len({d.StudyInstanceUID for v in others.values() for d in v}) == 1
+    hu = thick[1].pixel_array + float(thick[1].RescaleIntercept)
+    np.testing.assert_array_equal(hu, np.clip(np.rint((reference.hu[2] + reference.hu[3]) / 2), -1024, 3071))
+    assert float(thick[1].ImagePositionPatient[2]) == pytest.approx((reference.z_mm[2] + reference.z_mm[3]) / 2)
+    (sc,) = others[(998, pydicom.uid.SecondaryCaptureImageStorage, "CT")]
+    assert sc.pixel_array.shape == (m, m, 3) and "ImagePositionPatient" not in sc
+    (sr,) = others[(999, "1.2.840.10008.5.1.4.1.1.88.67", "SR")]
+    assert "PixelData" not in sr and sr.ConceptNameCodeSequence[0].CodeValue == "113701"
+    assert pydicom.dcmread(folder / "DICOMDIR").file_meta.MediaStorageSOPClassUID == "1.2.840.10008.1.3.10"
+    for name in ("README.txt", ".DS_Store"):
+        with pytest.raises(InvalidDicomError):
+            pydicom.dcmread(folder / name)
+    assert set(EXTRAS) <= set(ACQUISITION_VARIANTS["localizer"]["extras"])
+
+
+def test_anatomy_is_profile_invariant():
+    fine = replace(PROFILE, matrix=96, slice_thickness_mm=2.5, noise_hu=0.0)
+    for seed, kind in ((4, "aneurysm"), (5, "normal"), (6, "ectatic")):
+        states, studies = [], []
+        for p in (fine, replace(fine, matrix=128, slice_thickness_mm=5.0, contrast=False),
+                  replace(fine, fov_mm=400.0, slice_thickness_mm=1.0, slice_spacing_mm=1.25, contrast_phase="portal"),
+                  replace(fine, orientation="coronal", signed=True, transfer_syntax="rle", extras=("localizer",)),
+                  replace(fine, tortuosity=0.7)):
+            rng = np.random.default_rng(seed)
+            studies.append(render_study(rng, p, kind, "F"))
+            states.append(rng.bit_generator.state)
+        assert all(s == states[0] for s in states)                 # the same draws whatever the profile
+        a = studies[0]
+        for b in studies[1:4]:
+            assert (b.max_diameter_mm, b.max_z_mm, b.age) == (a.max_diameter_mm, a.max_z_mm, a.age)
+            ia, ib = np.isin(a.z_mm, b.z_mm), np.isin(b.z_mm, a.z_mm)    # slices both grids share
+            assert ia.sum() == ib.sum() >= min(len(a.z_mm), len(b.z_mm)) - 1
+            np.testing.assert_array_equal(a.aorta_center_mm[ia], b.aorta_center_mm[ib])
+            np.testing.assert_array_equal(a.diameter_mm[ia], b.diameter_mm[ib])
+            for j in range(2):                                          # elsewhere: interpolation error only
+                c = np.interp(b.z_mm, a.z_mm[::-1], a.aorta_center_mm[::-1, j])
+                ok = np.isfinite(c) & np.isfinite(b.aorta_center_mm[:, j])
+                assert ok.sum() > 20
+                np.testing.assert_allclose(c[ok], b.aorta_center_mm[ok, j], atol=0.2)
+        assert np.isin(studies[1].z_mm, a.z_mm).all()
+        assert studies[-1].max_diameter_mm == a.max_diameter_mm   # tortuosity tilts the tube, not its calibre
+        assert np.nanmax(a.aorta_tilt_deg) == 0
+    assert not np.array_equal(studies[0].hu, studies[-1].hu)
+
+
+def test_tortuous_aorta_is_an_oblique_tube():
+    profile = replace(PROFILE, matrix=160, fov_mm=240.0, noise_hu=0.0, tortuosity=1.0)   # 1.5 mm pixels
+    s = render_study(np.random.default_rng(11), profile, "aneurysm", "M")
+    tilt = s.aorta_tilt_deg
+    assert 20 < np.nanmax(tilt) < 60
+    t = s.aorta_direction
+    np.testing.assert_allclose(np.degrees(np.arccos(t[:, 2])), tilt)
+    ps, (x0, y0) = s.pixel_spacing_mm, s.origin_mm
+    yy, xx = np.mgrid[:160, :160] * ps + np.array([y0, x0])[:, None, None]
+    checked = wider = 0
+    for k in np.flatnonzero(tilt > 20):
+        (cx, cy), R, phi = s.aorta_center_mm[k], s.diameter_mm[k] / 2, np.arctan2(t[k, 1], t[k, 0])
+        u = (xx - cx) * np.cos(phi) + (yy - cy) * np.sin(phi)
+        v = (yy - cy) * np.cos(phi) - (xx - cx) * np.sin(phi)
+        f = np.hypot(u * np.cos(np.radians(tilt[k])) / R, v / R)        # 1 on the expected ellipse
+        a = R / np.cos(np.radians(tilt[k]))
+        inside, outside = f < 1 - 1.5 * ps / a, (f > 1 + 1.5 * ps / R) & (f < 1 + 8 / R) & (yy < cy)
+        assert (s.hu[k][inside] > 20).all(), k                          # wall, thrombus, lumen: the whole ellipse
+        assert outside.any() and (s.hu[k][outside] < -80).all(), k      # periaortic fat right outside it
+        if a - R > 2.5 * ps:           # between circle and ellipse along the tilt: vessel, not fat as for a circle
+            for sign in (1, -1):
+                r, c = _rc(s, k, cx + sign * (a + R) / 2 * np.cos(phi), cy + sign * (a + R) / 2 * np.sin(phi))
+                assert s.hu[k, r, c] > 0, (k, sign)
+            wider += 1
+        checked += 1
+    assert checked >= 3 and wider >= 1
+    flat = render_study(np.random.default_rng(11), replace(profile, tortuosity=0.0), "aneurysm", "M")
+    assert flat.max_diameter_mm == s.max_diameter_mm and np.nanmax(flat.aorta_tilt_deg) == 0
+
+
+def test_default_sites_are_heterogeneous():
+    sites = default_sites(n_sites=6, seed=2)
+    profiles = [s.profile for s in sites]
+    assert sum(p.transfer_syntax in ("rle", "jpeg2000", "jpegls") for p in profiles) == 1
+    assert sum(p.tortuosity > 0 for p in profiles) == 1
+    assert all(p.orientation != "coronal" and p.spacing_mm >= 2.5 for p in profiles)
+    assert len({(p.orientation, p.feet_first, p.file_order, p.layout, p.bits_stored, p.extras) for p in profiles}) == 6
+    specs = [default_sites(n_sites=8, seed=sd) for sd in range(6)]
+    flat = [s.profile for ss in specs for s in ss]
+    assert {p.layout for p in flat} == {"flat", "nested", "noext"} and any(p.extras for p in flat)
+    assert {p.orientation for p in flat} == {"standard", "flip_rows", "flip_cols", "flip_both"}
+    assert sum(p.orientation == "standard" for p in flat) > len(flat) / 2
+    assert {p.contrast_phase for p in flat if p.contrast} == {"arterial", "portal"}
