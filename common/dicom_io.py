@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom import uid
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 from scipy.ndimage import shift as nd_shift
@@ -28,6 +30,8 @@ CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM", "PILOT"}
+JPEG_SYNTAXES = {uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1,
+                 uid.JPEGLSLossless, uid.JPEGLSNearLossless}
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 MAX_MISSING_RUN = 2          # at most this many consecutive missing slices are interpolated...
 MAX_MISSING_FRACTION = 0.05  # ...and at most this share of the series (at least one slice)
@@ -87,14 +91,17 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
         raise StudyError(path, f"DICOM file is truncated or corrupt ({_one_line(exc)})") from exc
 
 
-def _text(ds: pydicom.Dataset, keyword: str) -> str:
+def _text(ds: pydicom.Dataset, keyword: str, limit: int = 64) -> str:
+    """A header value as printable one-line text (control characters and line breaks collapsed)."""
     try:
         value = ds.get(keyword, "")
         if isinstance(value, pydicom.multival.MultiValue):
-            return "\\".join(str(v) for v in value).strip().upper()
-        return str(value if value is not None else "").strip()
+            text = "\\".join(str(v) for v in value).upper()
+        else:
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value if value is not None else "")
     except Exception:
         return ""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:limit]
 
 
 def _series_key(ds: pydicom.Dataset) -> str:
@@ -160,8 +167,8 @@ def _group(item_sets, keyword: str, attribute: str):
 def _frames_of(path: Path, ds: pydicom.Dataset) -> list[_Frame]:
     try:
         n_frames = int(ds.get("NumberOfFrames") or 1)
-    except (TypeError, ValueError) as exc:
-        raise StudyError(path, f"invalid NumberOfFrames {ds.get('NumberOfFrames')!r}") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise StudyError(path, "invalid NumberOfFrames") from exc
     if "PerFrameFunctionalGroupsSequence" not in ds:
         if n_frames != 1:
             raise StudyError(path, f"multi-frame file ({n_frames} frames) without per-frame positions")
@@ -321,9 +328,25 @@ def _geometry(source: Path, frames: list[_Frame]) -> _Geometry:
 
 
 # --------------------------------------------------------------------------------------- pixels
+def _check_jpeg_frames(ds: pydicom.Dataset, path: Path) -> None:
+    """JPEG and JPEG-LS decoders return a torn codestream's garbage without complaint: every frame of
+    such a file must end with the end-of-image marker (FFD9; a trailing pad byte is allowed)."""
+    n_frames = int(ds.get("NumberOfFrames") or 1)
+    for i, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=n_frames)):
+        if not frame[-3:].rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise StudyError(path, f"pixel data cannot be decoded (frame {i + 1} is cut short: no end-of-image marker)")
+
+
 def _decode(path: Path, ds: pydicom.Dataset, index: int | None) -> np.ndarray:
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
+        if syntax in JPEG_SYNTAXES:  # read the codestream once, check it, decode it
+            full = pydicom.dcmread(path)
+            _check_jpeg_frames(full, path)
+            return pixel_array(full, index=index)
         return pixel_array(path, index=index)
+    except StudyError:
+        raise
     except Exception as exc:  # decoders raise many types; all mean the same to a hospital
         try:  # files without a preamble or meta header: decode through the dataset already read
             return ds.pixel_array
@@ -338,21 +361,21 @@ def _padding_mask(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
         if pad is None or isinstance(pad, (bytes, bytearray)):
             return None
         lo, hi = sorted((int(pad), int(limit if limit is not None and not isinstance(limit, bytes) else pad)))
-    except (TypeError, ValueError):
+    except Exception:  # an unreadable padding value: no padding rather than no study
         return None
     return (stored >= lo) & (stored <= hi)
 
 
 def _pixels(geo: _Geometry) -> np.ndarray:
-    """HU stacked as [column, row, slot]; missing slots interpolated, tilt undone."""
+    """HU as [column, row, slot] (a transposed view); missing slots interpolated, tilt undone."""
     ref = geo.frames[0].ds
     try:
         shape = (int(ref.Rows), int(ref.Columns))
-    except (AttributeError, TypeError, ValueError) as exc:
+    except Exception as exc:  # absent, or a value of the wrong length
         raise StudyError(geo.frames[0].path, "missing or invalid Rows/Columns") from exc
     if min(shape) < 16 or max(shape) > 4096:
         raise StudyError(geo.frames[0].path, f"image size {shape[0]}x{shape[1]} is not a CT slice")
-    hu = np.empty((shape[1], shape[0], geo.n_slots), np.float32)
+    hu = np.empty((geo.n_slots, shape[0], shape[1]), np.float32)  # filled slice by slice, contiguous
     cache: dict[Path, np.ndarray] = {}
     for f, slot, (si, sj) in zip(geo.frames, geo.slot, geo.shifts):
         if f.index is None:
@@ -368,18 +391,17 @@ def _pixels(geo: _Geometry) -> np.ndarray:
         pad = _padding_mask(f.ds, stored)
         if pad is not None:
             plane[pad] = AIR_HU
-        plane = plane.T  # (rows, cols) -> (cols, rows)
-        if si or sj:
-            plane = nd_shift(plane, (si, sj), order=1, mode="constant", cval=AIR_HU)
-        hu[:, :, slot] = plane
+        if si or sj:  # shifts are (column, row) pixels
+            plane = nd_shift(plane, (sj, si), order=1, mode="constant", cval=AIR_HU)
+        hu[slot] = plane
     present = np.zeros(geo.n_slots, bool)
     present[geo.slot] = True
     for k in np.flatnonzero(~present):  # linear interpolation between the nearest present slices
         lo = geo.slot[geo.slot < k].max()
         hi = geo.slot[geo.slot > k].min()
         w = (k - lo) / (hi - lo)
-        hu[:, :, k] = (1 - w) * hu[:, :, lo] + w * hu[:, :, hi]
-    return hu
+        hu[k] = (1 - w) * hu[lo] + w * hu[hi]
+    return hu.transpose(2, 1, 0)  # [column, row, slot], a view
 
 
 # --------------------------------------------------------------------------------------- entry points

@@ -25,7 +25,9 @@ class Prepared:
 
 
 def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    """Up to 4 decoding processes, leaving one core to the caller (1 on a 2-core machine, where a
+    spawned worker's start-up, about 4 s to import torch and MONAI, costs more than it saves)."""
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _worker_init() -> None:

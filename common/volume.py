@@ -34,8 +34,7 @@ class CTVolume:
 def canonical(hu: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reorder/flip voxel axes so that they point Right, Anterior, Superior; the affine follows."""
     ornt = io_orientation(affine)
-    out = np.ascontiguousarray(apply_orientation(hu, ornt))
-    return out, affine @ inv_ornt_aff(ornt, hu.shape)
+    return apply_orientation(hu, ornt), affine @ inv_ornt_aff(ornt, hu.shape)  # a view: no copy
 
 
 def finish_volume(source, hu: np.ndarray, affine: np.ndarray, info: dict) -> CTVolume:
@@ -60,5 +59,10 @@ def finish_volume(source, hu: np.ndarray, affine: np.ndarray, info: dict) -> CTV
     if low > -200:
         raise StudyError(source, f"values do not look like Hounsfield units (1st percentile {low:.0f} HU, no air or fat): check RescaleIntercept")
     info.setdefault("warnings", [])
+    body = hu > -500
+    edge = body[0].any(axis=0) | body[-1].any(axis=0) | body[:, 0].any(axis=0) | body[:, -1].any(axis=0)
+    if edge.mean() > 0.2:
+        info["warnings"].append(f"the body touches the edge of the field of view on {edge.mean():.0%} of slices "
+                                "(truncated reconstruction): the measurement may be affected")
     info["shape"] = list(hu.shape)
     return CTVolume(hu=hu, affine=affine, info=info)

@@ -442,7 +442,7 @@ ACQUISITION_VARIANTS: dict[str, dict] = {
     "thick_5mm": {"slice_thickness_mm": 5.0, "slice_spacing_mm": 5.0},
     "overlap": {"slice_thickness_mm": 5.0, "slice_spacing_mm": 2.5},
     "gap": {"slice_thickness_mm": 1.25, "slice_spacing_mm": 2.5},
-    "fov_small": {"fov_mm": 300.0},
+    "fov_small": {"fov_mm": 345.0},   # the widest synthetic body (about 340 mm) still fits
     "fov_large": {"fov_mm": 440.0},
 }
 RESAMPLED_VARIANTS = ("thin_1mm", "thick_5mm", "overlap", "gap", "fov_small", "fov_large")
