@@ -20,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 from scipy.ndimage import shift as nd_shift
 
-from common.errors import StudyError
+from common.errors import StudyError, describe
 from common.nifti_io import is_nifti, read_nifti
 from common.volume import AIR_HU, MIN_COVERAGE_MM, MIN_SLICES, CTVolume, finish_volume
 
@@ -38,9 +38,6 @@ MAX_MISSING_FRACTION = 0.05  # ...and at most this share of the series (at least
 MAX_TILT_DEG = 30.0
 UNIFORM_TOLERANCE = 0.1      # a gap within 10% of the median spacing is regular
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 @dataclass
@@ -88,7 +85,7 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
         if not magic and isinstance(exc, (InvalidDicomError, EOFError, ValueError, KeyError, TypeError,
                                           AttributeError, OSError, OverflowError, NotImplementedError)):
             return None
-        raise StudyError(path, f"DICOM file is truncated or corrupt ({_one_line(exc)})") from exc
+        raise StudyError(path, f"DICOM file is truncated or corrupt ({describe(exc)})") from exc
 
 
 def _text(ds: pydicom.Dataset, keyword: str, limit: int = 64) -> str:
@@ -351,7 +348,7 @@ def _decode(path: Path, ds: pydicom.Dataset, index: int | None) -> np.ndarray:
         try:  # files without a preamble or meta header: decode through the dataset already read
             return ds.pixel_array
         except Exception:
-            raise StudyError(path, f"pixel data cannot be decoded ({_one_line(exc)})") from exc
+            raise StudyError(path, f"pixel data cannot be decoded ({describe(exc)})") from exc
 
 
 def _padding_mask(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
@@ -482,7 +479,7 @@ def read_study(path: str | Path) -> CTVolume:
     except MemoryError as exc:
         raise StudyError(path, "the study is too large to read into memory") from exc
     except Exception as exc:  # a header value pydicom only parses on access, a decoder's odd failure
-        raise StudyError(path, f"cannot be read ({type(exc).__name__}: {_one_line(exc)})") from exc
+        raise StudyError(path, f"cannot be read ({type(exc).__name__}: {describe(exc)})") from exc
 
 
 read_dicom_study = read_study  # the name used before NIfTI and multi-frame input

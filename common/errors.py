@@ -1,4 +1,15 @@
 """Errors FedAAA reports to people: one line, naming the file and the problem."""
+import re
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?[\\/][^\s'\",;:()]+")
+
+
+def describe(exc: BaseException, limit: int = 200) -> str:
+    """A library exception as a short one-line detail for a reason, with file paths (which may name
+    patients) and line breaks removed."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    text = " ".join(_PATH.sub("<file>", text).split())[:limit]
+    return text or type(exc).__name__
 
 
 class StudyError(Exception):

@@ -6,7 +6,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from common.errors import StudyError
+from common.errors import StudyError, describe
 from common.volume import CTVolume, finish_volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -23,7 +23,7 @@ def read_nifti(path: Path) -> CTVolume:
         data = np.asanyarray(img.dataobj, dtype=np.float32) if img.ndim else None
         affine = np.asarray(img.affine, dtype=float)
     except Exception as exc:  # nibabel raises many types for broken files; all mean "cannot read"
-        raise StudyError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {_one_line(exc)})") from exc
+        raise StudyError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {describe(exc)})") from exc
     if data is None or data.ndim == 4 and data.shape[3] == 1:
         data = None if data is None else data[..., 0]
     if data is None or data.ndim != 3:
@@ -60,5 +60,3 @@ def write_nifti(volume: CTVolume, path: Path) -> Path:
     return path
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]

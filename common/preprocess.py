@@ -22,7 +22,7 @@ from monai.transforms import (
 )
 
 from common.dicom_io import CTVolume, read_study
-from common.errors import StudyError
+from common.errors import StudyError, describe
 
 BODY_LEVEL = 0.02  # scaled intensity above which a voxel is body (fat and denser), not air
 
@@ -167,7 +167,7 @@ class InputCache:
             meta = {"error": err.reason, "where": _relative(err.source, path)}
         except Exception as exc:  # an unforeseen failure: refuse this study now, but do not remember it
             self.decoded += 1
-            return key, {"error": f"cannot be preprocessed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"}
+            return key, {"error": f"cannot be preprocessed ({type(exc).__name__}: {describe(exc)})"}
         else:
             meta = {"info": volume.info}
             self.dir.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,8 @@ def check_site(site: Site | str | Path, cache: InputCache, workers: int | None =
         if p.error:
             entry["reason"] = f"{p.where}: {p.error}" if p.where else p.error
         else:
+            entry["series"] = p.info.get("series", "")
+            entry["skipped_series"] = p.info.get("skipped_series", [])
             entry["warnings"] = p.info.get("warnings", [])
             usable.append((study, p.info))
         studies.append(entry)

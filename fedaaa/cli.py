@@ -28,7 +28,9 @@ def _cmd_synth(args) -> int:
         print(
             f"{path}\t{spec.n_studies} studies, AAA prevalence {spec.aaa_prevalence:.0%}, "
             f"{p.matrix}x{p.matrix} at {p.fov_mm / p.matrix:.2f} mm, {p.slice_thickness_mm} mm slices, "
-            f"{'contrast' if p.contrast else 'non-contrast'}, noise {p.noise_hu} HU"
+            f"{p.phase if p.contrast else 'non-contrast'}, noise {p.noise_hu} HU, {p.orientation}"
+            f"{' feet-first' if p.feet_first else ''}, {p.transfer_syntax}, {p.layout} files"
+            f"{', with ' + '/'.join(p.extras) if p.extras else ''}{', tortuous aortas' if p.tortuosity else ''}"
         )
     return 0
 
