@@ -213,6 +213,7 @@ class _Candidate:
     label: str
     frames: list[_Frame]
     plane: str
+    errors: list[StudyError]
 
 
 def _choose_series(source: Path, headers: list[tuple[Path, pydicom.Dataset]]) -> tuple[_Candidate, list[str]]:
@@ -227,12 +228,23 @@ def _choose_series(source: Path, headers: list[tuple[Path, pydicom.Dataset]]) ->
             skipped.append(f"{label}: {reason}")
             found.append(reason)
             continue
-        frames = [f for path, ds in members for f in _frames_of(path, ds)]
-        candidates.append(_Candidate(label, frames, _plane_name(_normal(frames[0]))))
+        frames, errors = [], []
+        for path, ds in members:
+            try:
+                frames.extend(_frames_of(path, ds))
+            except StudyError as err:
+                errors.append(err)
+        if not frames:
+            skipped.append(f"{label}: {errors[0].reason}")
+            found.append("CT images without usable geometry")
+            continue
+        candidates.append(_Candidate(label, frames, _plane_name(_normal(frames[0])), errors))
     if not candidates:
         raise StudyError(source, f"no CT image series (found {', '.join(sorted(set(found)))})")
     candidates.sort(key=lambda c: (c.plane != "axial", -len({tuple(np.round(f.ipp, 2)) for f in c.frames})))
     chosen = candidates[0]
+    if chosen.errors:  # a broken file in the series that will be measured: say exactly what is wrong
+        raise chosen.errors[0]
     for other in candidates[1:]:
         why = "not axial" if other.plane != "axial" and chosen.plane == "axial" else "fewer slices"
         skipped.append(f"{other.label}: {why} than the chosen {chosen.label}")

@@ -161,3 +161,21 @@ def test_broken_nifti_is_refused(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((64, 64), np.int16), np.eye(4)), str(flat))
     with pytest.raises(StudyError, match="3-D"):
         read_dicom_study(flat)
+
+
+def test_a_broken_file_refuses_the_measured_series_but_not_a_side_series(study, tmp_path):
+    folder = _copy(study, tmp_path / "side")
+    files = _sorted_files(folder)
+    for i, f in enumerate(files[:3]):  # a small second series whose positions were stripped
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SeriesNumber = "1.2.3.4", f"1.2.3.4.{i}", 7
+        del ds.ImagePositionPatient
+        ds.save_as(folder / f"side{i}")
+    vol = read_dicom_study(folder)
+    assert any("series 7" in s and "ImagePositionPatient" in s for s in vol.info["skipped_series"])
+    ds = pydicom.dcmread(files[4])
+    del ds.ImagePositionPatient
+    ds.save_as(files[4])
+    with pytest.raises(StudyError, match="missing or invalid ImagePositionPatient") as err:
+        read_dicom_study(folder)
+    assert files[4].name in str(err.value)
