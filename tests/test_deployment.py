@@ -28,11 +28,14 @@ def test_superlink_and_two_supernodes_train_a_round(tiny_federation, cache_dir, 
                        "--host", "127.0.0.1", "--port", str(port)], tmp_path / "link", tmp_path / "superlink.log")
         started.append((link, f"127.0.0.1:{port}"))
         wait_for_port(port, link, tmp_path / "superlink.log")
+        # node 0 starts with an empty cache and decodes in 2 spawned worker processes inside its ClientApp
+        node_config = [f'data-path="{tiny_federation[0]}" cache-dir="{tmp_path / "node0-cache"}" decode-workers=2',
+                       f'data-path="{tiny_federation[1]}" cache-dir="{cache_dir}"']
         for i, site in enumerate(tiny_federation):
             node_port = free_port()
             node = _start(
                 [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(node_port),
-                 "--node-config", f'data-path="{site}" cache-dir="{cache_dir}"'],
+                 "--node-config", node_config[i]],
                 tmp_path / f"node{i}", tmp_path / f"node{i}.log",
             )
             started.append((node, f"127.0.0.1:{node_port}"))
@@ -60,3 +63,5 @@ def test_superlink_and_two_supernodes_train_a_round(tiny_federation, cache_dir, 
     assert last["train_sites"] == 2 and last["train_examples"] == n_train
     assert last["val_sites"] == 2 and last["val_n"] == n_val
     assert load_model(out / "global_model.safetensors").round == 1
+    cached = list((tmp_path / "node0-cache").glob("*.npy"))
+    assert len(cached) == len(Site(tiny_federation[0]).split("train")) + len(Site(tiny_federation[0]).split("val"))
