@@ -32,6 +32,7 @@ SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM", "PILOT"}
 JPEG_SYNTAXES = {uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1,
                  uid.JPEGLSLossless, uid.JPEGLSNearLossless}
+LOSSY_SYNTAXES = {uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLSNearLossless}  # others: LossyImageCompression
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 MAX_MISSING_RUN = 2          # at most this many consecutive missing slices are interpolated...
 MAX_MISSING_FRACTION = 0.05  # ...and at most this share of the series (at least one slice)
@@ -454,6 +455,8 @@ def read_dicom(path: Path) -> CTVolume:
     raw_thickness = ds0.get("SliceThickness") if first.index is None else _group((shared,), "PixelMeasuresSequence", "SliceThickness")
     thickness = _float(raw_thickness, geo.spacing, first.path, "SliceThickness")
     syntax = getattr(getattr(ds0, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax in LOSSY_SYNTAXES or _text(ds0, "LossyImageCompression") == "01":
+        warnings.append("pixels were stored with lossy compression: small structures may be altered")
     info = {
         "format": "dicom-enhanced" if first.index is not None else "dicom",
         "n_slices": len(geo.frames),

@@ -286,6 +286,9 @@ def test_jpeg2000_lossless_and_uncompressed_copies_give_identical_volumes(tmp_pa
     np.testing.assert_array_equal(a.hu, b.hu)
     np.testing.assert_allclose(a.affine, b.affine)
     assert a.info["transfer_syntax"] != b.info["transfer_syntax"]
+    lossy = read_study(make_series(real("693_J2KI.dcm"), tmp_path / "j2ki")[0])  # LossyImageCompression 01
+    assert any("lossy compression" in w for w in lossy.info["warnings"])
+    assert not any("lossy" in w for w in a.info["warnings"] + b.info["warnings"])
 
 
 MR_CODECS = ["MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"]
