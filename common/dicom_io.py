@@ -350,11 +350,9 @@ def _check_jpeg_frames(ds: pydicom.Dataset, path: Path) -> None:
 def _decode(path: Path, ds: pydicom.Dataset, index: int | None) -> np.ndarray:
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
-        if syntax in JPEG_SYNTAXES:  # read the codestream once, check it, decode it
-            full = pydicom.dcmread(path)
-            _check_jpeg_frames(full, path)
-            return pixel_array(full, index=index)
-        return pixel_array(path, index=index)
+        if syntax in JPEG_SYNTAXES:
+            _check_jpeg_frames(ds, path)
+        return pixel_array(ds, index=index)  # the header read at selection; pixel data loaded from disk now
     except StudyError:
         raise
     except Exception as exc:  # decoders raise many types; all mean the same to a hospital
@@ -390,6 +388,7 @@ def _pixels(geo: _Geometry) -> np.ndarray:
     for f, slot, (si, sj) in zip(geo.frames, geo.slot, geo.shifts):
         if f.index is None:
             stored = _decode(f.path, f.ds, None)
+            del f.ds.PixelData  # decoded: keep only the header in memory
         else:  # a multi-frame file: decode once
             if f.path not in cache:
                 cache[f.path] = _decode(f.path, f.ds, None)
