@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from common.ingest import Progress
-from common.predict import diameter_category
+from common.predict import CATEGORIES, diameter_category
 from common.preprocess import InputCache
 from common.site import SPLITS, Site
 
@@ -53,6 +53,7 @@ def check_site(site: Site | str | Path, cache: InputCache, workers: int | None =
     warnings = Counter(_category(w) for _, info in usable for w in info.get("warnings", []))
     infos = [info for _, info in usable]
     diameters = [s.max_diameter_mm for s, _ in usable if math.isfinite(s.max_diameter_mm)]
+    categories = Counter(diameter_category(d)[0] for d in diameters)
     n_aaa = sum(s.aaa for s, _ in usable)
     contrast = Counter({True: "contrast", False: "no contrast", None: "unknown"}[i.get("contrast")] for i in infos)
     summary = {
@@ -66,7 +67,7 @@ def check_site(site: Site | str | Path, cache: InputCache, workers: int | None =
         "labels": {"aaa": n_aaa, "no_aaa": len(usable) - n_aaa,
                    "prevalence": round(n_aaa / len(usable), 3) if usable else None},
         "diameter_mm": _range(diameters),
-        "diameter_categories": dict(Counter(diameter_category(d)[0] for d in diameters)),
+        "diameter_categories": {c: categories[c] for _, c, _ in CATEGORIES if categories[c]},
         "diameter_missing": len(usable) - len(diameters),
         "slice_spacing_mm": _range([i.get("slice_spacing_mm") for i in infos]),
         "slice_thickness_mm": _range([i.get("slice_thickness_mm") for i in infos]),
