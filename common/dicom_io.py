@@ -22,9 +22,9 @@ from scipy.ndimage import shift as nd_shift
 
 from common.errors import StudyError, describe
 from common.nifti_io import is_nifti, read_nifti
-from common.volume import AIR_HU, MIN_COVERAGE_MM, MIN_SLICES, CTVolume, finish_volume
+from common.volume import AIR_HU, MIN_SLICES, CTVolume, check_coverage, finish_volume
 
-__all__ = ["CTVolume", "read_study", "read_dicom_study", "MIN_SLICES", "MIN_COVERAGE_MM"]
+__all__ = ["CTVolume", "read_study"]
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -439,9 +439,7 @@ def read_dicom(path: Path) -> CTVolume:
     headers, not_dicom = _headers(path)
     chosen, skipped = _choose_series(path, headers)
     geo = _geometry(path, chosen.frames)
-    coverage = geo.spacing * (geo.n_slots - 1)
-    if coverage < MIN_COVERAGE_MM:
-        raise StudyError(path, f"the series covers {coverage:.0f} mm; the abdomen needs at least {MIN_COVERAGE_MM:.0f}")
+    check_coverage(path, geo.spacing, geo.n_slots)  # before decoding anything
     hu = _pixels(geo)
     first = geo.frames[0]
     ds0 = first.ds
@@ -495,5 +493,3 @@ def read_study(path: str | Path) -> CTVolume:
     except Exception as exc:  # a header value pydicom only parses on access, a decoder's odd failure
         raise StudyError(path, f"cannot be read ({type(exc).__name__}: {describe(exc)})") from exc
 
-
-read_dicom_study = read_study  # the name used before NIfTI and multi-frame input

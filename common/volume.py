@@ -37,6 +37,13 @@ def canonical(hu: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return apply_orientation(hu, ornt), affine @ inv_ornt_aff(ornt, hu.shape)  # a view: no copy
 
 
+def check_coverage(source, slice_spacing_mm: float, n_slices: int) -> None:
+    """Refuse a stack too short to hold the abdominal aorta."""
+    coverage = slice_spacing_mm * (n_slices - 1)
+    if coverage < MIN_COVERAGE_MM:
+        raise StudyError(source, f"the series covers {coverage:.0f} mm; the abdomen needs at least {MIN_COVERAGE_MM:.0f}")
+
+
 def finish_volume(source, hu: np.ndarray, affine: np.ndarray, info: dict) -> CTVolume:
     """Validate extent and intensities, then return the canonical :class:`CTVolume`.
 
@@ -49,9 +56,7 @@ def finish_volume(source, hu: np.ndarray, affine: np.ndarray, info: dict) -> CTV
     hu, affine = canonical(hu.astype(np.float32, copy=False), affine)
     if hu.shape[2] < MIN_SLICES:
         raise StudyError(source, f"only {hu.shape[2]} axial slices; a volume needs at least {MIN_SLICES}")
-    coverage = float(np.linalg.norm(affine[:3, 2])) * (hu.shape[2] - 1)
-    if coverage < MIN_COVERAGE_MM:
-        raise StudyError(source, f"the series covers {coverage:.0f} mm; the abdomen needs at least {MIN_COVERAGE_MM:.0f}")
+    check_coverage(source, float(np.linalg.norm(affine[:3, 2])), hu.shape[2])
     if not np.all(np.isfinite(hu)):
         raise StudyError(source, "the image holds non-finite values")
     np.maximum(hu, AIR_HU, out=hu)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.dicom_io import read_dicom_study
+from common.dicom_io import read_study
 from common.model import AAANet, ModelFile, aaa_loss, load_model, save_model
 from common.errors import ConfigError
 from common.preprocess import InputCache, PreprocessSettings, volume_to_input
@@ -23,7 +23,7 @@ def test_preprocessing_gives_fixed_physical_grid(tiny_federation):
     # Two scanners with different pixel spacing and slice thickness give the same input shape.
     shapes = set()
     for site in tiny_federation:
-        x = volume_to_input(read_dicom_study(Site(site).studies[0].path), SETTINGS)
+        x = volume_to_input(read_study(Site(site).studies[0].path), SETTINGS)
         shapes.add(tuple(x.shape))
         assert x.dtype == torch.float32 and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert shapes == {(1, *SETTINGS.roi_size)}
