@@ -16,6 +16,7 @@ and prints a markdown table (seconds, slices/s, MB/s of files read and of decode
     python bench/decode_bench.py                       # full size, in a temporary folder
     python bench/decode_bench.py --slices 60 --matrix 256 --codecs none --site-studies 0   # a quick look
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pydicom  # noqa: E402
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless  # noqa: E402
 
-from common.dicom_io import read_study  # noqa: E402
-from common.preprocess import InputCache, PreprocessSettings, volume_to_input  # noqa: E402
-from common.site import Site  # noqa: E402
-from simulations.synth import ScannerProfile, render_study, write_study  # noqa: E402
+from fedaaa.common.dicom_io import read_study  # noqa: E402
+from fedaaa.common.preprocess import InputCache, PreprocessSettings, volume_to_input  # noqa: E402
+from fedaaa.common.site import Site  # noqa: E402
+from fedaaa.simulations.synth import ScannerProfile, render_study, write_study  # noqa: E402
 
 CODECS = {"rle": RLELossless, "jpeg2000": JPEG2000Lossless, "jpegls": JPEGLSLossless}
 MB = 1e6
@@ -81,17 +82,29 @@ def profile_for(seed: int, slices: int, matrix: int, fov_mm: float, noise_hu: fl
     the same seed measures it first.
     """
     kind, sex = "aneurysm", "M"
-    probe = render_study(np.random.default_rng(seed), ScannerProfile(matrix=32, fov_mm=fov_mm, slice_thickness_mm=5.0,
-                                                                     noise_hu=0.0), kind, sex)
+    probe = render_study(
+        np.random.default_rng(seed),
+        ScannerProfile(matrix=32, fov_mm=fov_mm, slice_thickness_mm=5.0, noise_hu=0.0),
+        kind,
+        sex,
+    )
     cover = float(probe.z_mm.max() - probe.z_mm.min()) + 5.0
     thickness = max(0.5, round(cover / slices, 3))
-    profile = ScannerProfile(name=f"bench-{matrix}", manufacturer="Bench CT", matrix=matrix, fov_mm=fov_mm,
-                             slice_thickness_mm=thickness, noise_hu=noise_hu, contrast=True)
+    profile = ScannerProfile(
+        name=f"bench-{matrix}",
+        manufacturer="Bench CT",
+        matrix=matrix,
+        fov_mm=fov_mm,
+        slice_thickness_mm=thickness,
+        noise_hu=noise_hu,
+        contrast=True,
+    )
     return profile, kind, sex
 
 
-def write_series(folder: Path, seed: int, slices: int, matrix: int, fov_mm: float = 380.0,
-                 noise_hu: float = 12.0) -> dict:
+def write_series(
+    folder: Path, seed: int, slices: int, matrix: int, fov_mm: float = 380.0, noise_hu: float = 12.0
+) -> dict:
     profile, kind, sex = profile_for(seed, slices, matrix, fov_mm, noise_hu)
     t0 = time.perf_counter()
     study = render_study(np.random.default_rng(seed), profile, kind, sex)
@@ -99,8 +112,15 @@ def write_series(folder: Path, seed: int, slices: int, matrix: int, fov_mm: floa
     t0 = time.perf_counter()
     write_study(folder, study, profile, f"bench-{seed:04d}", np.random.default_rng(seed + 1))
     t_write = time.perf_counter() - t0
-    return {"slices": int(study.hu.shape[0]), "matrix": matrix, "thickness_mm": profile.slice_thickness_mm,
-            "render_s": t_render, "write_s": t_write, "max_diameter_mm": study.max_diameter_mm, "kind": kind}
+    return {
+        "slices": int(study.hu.shape[0]),
+        "matrix": matrix,
+        "thickness_mm": profile.slice_thickness_mm,
+        "render_s": t_render,
+        "write_s": t_write,
+        "max_diameter_mm": study.max_diameter_mm,
+        "kind": kind,
+    }
 
 
 def encode_copy(src: Path, dst: Path, syntax) -> float:
@@ -114,7 +134,11 @@ def encode_copy(src: Path, dst: Path, syntax) -> float:
         except pydicom.errors.InvalidDicomError:
             shutil.copy(f, out)
             continue
-        if "PixelData" in ds and not ds.file_meta.TransferSyntaxUID.is_compressed and int(ds.get("NumberOfFrames") or 1) == 1:
+        if (
+            "PixelData" in ds
+            and not ds.file_meta.TransferSyntaxUID.is_compressed
+            and int(ds.get("NumberOfFrames") or 1) == 1
+        ):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds.compress(syntax)
@@ -131,7 +155,7 @@ def bare_pydicom(folder: Path) -> int:
         except pydicom.errors.InvalidDicomError:
             continue
         if "PixelData" in ds:
-            ds.pixel_array
+            _ = ds.pixel_array  # decode
             n += 1
     return n
 
@@ -145,14 +169,30 @@ def measure_variant(name: str, folder: Path, scratch: Path, repeat: int, setting
     t_read, volume = best_of(repeat, lambda: read_study(folder))
     n = int(volume.hu.shape[2])
     pixel_mb = volume.hu.shape[0] * volume.hu.shape[1] * n * 2 / MB  # as 16-bit stored values
-    rows.append(dict(variant=name, step="a. pydicom dcmread + pixel_array", seconds=t, slices=n_files,
-                     file_mb=file_mb, pixel_mb=pixel_mb))
+    rows.append(
+        dict(
+            variant=name,
+            step="a. pydicom dcmread + pixel_array",
+            seconds=t,
+            slices=n_files,
+            file_mb=file_mb,
+            pixel_mb=pixel_mb,
+        )
+    )
     rows.append(dict(variant=name, step="b. read_study", seconds=t_read, slices=n, file_mb=file_mb, pixel_mb=pixel_mb))
     log(f"[{name}] volume_to_input ...")
     t_pre, x = best_of(repeat, lambda: volume_to_input(volume, settings))
-    rows.append(dict(variant=name, step=f"c. volume_to_input -> {tuple(x.shape)}", seconds=t_pre, slices=n,
-                     file_mb=None, pixel_mb=pixel_mb))
-    del volume, x
+    rows.append(
+        dict(
+            variant=name,
+            step=f"c. volume_to_input -> {tuple(x.shape)}",
+            seconds=t_pre,
+            slices=n,
+            file_mb=None,
+            pixel_mb=pixel_mb,
+        )
+    )
+    volume = x = None  # free before the next variant
     log(f"[{name}] InputCache miss / hit ...")
     caches = []
 
@@ -166,17 +206,36 @@ def measure_variant(name: str, folder: Path, scratch: Path, repeat: int, setting
     before = cache.decoded
     t_hit, _ = best_of(repeat, lambda: cache.load(folder))
     new_decodes = cache.decoded - before
-    rows.append(dict(variant=name, step="d. InputCache.load, miss", seconds=t_miss, slices=n, file_mb=file_mb,
-                     pixel_mb=pixel_mb))
-    rows.append(dict(variant=name, step=f"d. InputCache.load, hit ({new_decodes} new decodes)", seconds=t_hit,
-                     slices=n, file_mb=file_mb, pixel_mb=None))
+    rows.append(
+        dict(
+            variant=name, step="d. InputCache.load, miss", seconds=t_miss, slices=n, file_mb=file_mb, pixel_mb=pixel_mb
+        )
+    )
+    rows.append(
+        dict(
+            variant=name,
+            step=f"d. InputCache.load, hit ({new_decodes} new decodes)",
+            seconds=t_hit,
+            slices=n,
+            file_mb=file_mb,
+            pixel_mb=None,
+        )
+    )
     for c in caches:
         shutil.rmtree(c.dir, ignore_errors=True)
     return rows
 
 
-def measure_site(root: Path, scratch: Path, n_studies: int, matrix: int, slices: int, workers: int,
-                 repeat: int, settings: PreprocessSettings) -> list[dict]:
+def measure_site(
+    root: Path,
+    scratch: Path,
+    n_studies: int,
+    matrix: int,
+    slices: int,
+    workers: int,
+    repeat: int,
+    settings: PreprocessSettings,
+) -> list[dict]:
     if "workers" not in inspect.signature(Site.load).parameters:
         log("Site.load takes no workers argument: skipping the parallel measurement")
         return []
@@ -186,7 +245,9 @@ def measure_site(root: Path, scratch: Path, n_studies: int, matrix: int, slices:
         sid = f"s{i:02d}"
         info = write_series(site / "studies" / sid, seed=100 + i, slices=slices, matrix=matrix)
         total += info["slices"]
-        rows_csv.append((sid, f"studies/{sid}", int(info["max_diameter_mm"] >= 30), f"{info['max_diameter_mm']:.1f}", "train"))
+        rows_csv.append(
+            (sid, f"studies/{sid}", int(info["max_diameter_mm"] >= 30), f"{info['max_diameter_mm']:.1f}", "train")
+        )
         log(f"[site] wrote study {i + 1}/{n_studies} ({info['slices']} slices)")
     with open(site / "manifest.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -206,9 +267,16 @@ def measure_site(root: Path, scratch: Path, n_studies: int, matrix: int, slices:
         log(f"[site] Site.load with workers={w} ...")
         t, loaded = best_of(repeat, lambda: Site(site).load("train", settings, counter[-1], workers=w), setup=fresh)
         assert len(loaded) == n_studies, loaded.skipped
-        out.append(dict(variant=f"site: {n_studies} studies {matrix}x{matrix}, {total} slices",
-                        step=f"e. Site.load workers={w} (cold cache)", seconds=t, slices=total, file_mb=file_mb,
-                        pixel_mb=pixel_mb))
+        out.append(
+            dict(
+                variant=f"site: {n_studies} studies {matrix}x{matrix}, {total} slices",
+                step=f"e. Site.load workers={w} (cold cache)",
+                seconds=t,
+                slices=total,
+                file_mb=file_mb,
+                pixel_mb=pixel_mb,
+            )
+        )
         for c in counter:
             shutil.rmtree(c.dir, ignore_errors=True)
     if len(out) == 2:
@@ -222,17 +290,21 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         s = r["seconds"]
         fmt = lambda mb: f"{mb / s:.0f}" if mb else "-"  # noqa: E731
-        lines.append(f"| {r['variant']} | {r['step']} | {s:.3f} | {r['slices'] / s:.0f} | {fmt(r['file_mb'])} | "
-                     f"{fmt(r['pixel_mb'])} |")
+        lines.append(
+            f"| {r['variant']} | {r['step']} | {s:.3f} | {r['slices'] / s:.0f} | {fmt(r['file_mb'])} | "
+            f"{fmt(r['pixel_mb'])} |"
+        )
     return "\n".join(lines)
 
 
 def environment() -> str:
     import torch
 
-    return (f"Python {platform.python_version()}, pydicom {pydicom.__version__}, torch {torch.__version__}, "
-            f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), torch threads "
-            f"{torch.get_num_threads()}")
+    return (
+        f"Python {platform.python_version()}, pydicom {pydicom.__version__}, torch {torch.__version__}, "
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), torch threads "
+        f"{torch.get_num_threads()}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,9 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(big, ignore_errors=True)
         log(f"writing a {args.matrix}x{args.matrix} series of ~{args.slices} slices into {big} ...")
         info = write_series(big, args.seed, args.slices, args.matrix)
-        notes.append(f"series: {info['slices']} slices of {args.matrix}x{args.matrix}, {info['thickness_mm']} mm apart, "
-                     f"{folder_bytes(big) / MB:.0f} MB on disk (Explicit VR LE); rendered in {info['render_s']:.1f} s, "
-                     f"written in {info['write_s']:.1f} s")
+        notes.append(
+            f"series: {info['slices']} slices of {args.matrix}x{args.matrix}, {info['thickness_mm']} mm apart, "
+            f"{folder_bytes(big) / MB:.0f} MB on disk (Explicit VR LE); rendered in {info['render_s']:.1f} s, "
+            f"written in {info['write_s']:.1f} s"
+        )
         variants = [("explicit VR LE", big)]
         for c in codecs:
             dst = root / c
@@ -284,14 +358,35 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{name}: HU volume identical to the uncompressed one: {same}")
             del ref
         if args.site_studies > 0:
-            rows += measure_site(root, scratch, args.site_studies, args.site_matrix, args.site_slices, args.workers,
-                                 max(1, min(args.repeat, 2)), settings)
-        report = "\n".join([
-            f"# Decode benchmark ({time.strftime('%Y-%m-%d')})", "",
-            f"`python bench/decode_bench.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`"), "",
-            environment(), "", *[f"- {n}" for n in notes], "",
-            f"Best of {args.repeat} runs (site: best of {max(1, min(args.repeat, 2))}). MB/s: file bytes read per "
-            "second and decoded 16-bit pixel bytes per second.", "", table(rows), ""])
+            rows += measure_site(
+                root,
+                scratch,
+                args.site_studies,
+                args.site_matrix,
+                args.site_slices,
+                args.workers,
+                max(1, min(args.repeat, 2)),
+                settings,
+            )
+        report = "\n".join(
+            [
+                f"# Decode benchmark ({time.strftime('%Y-%m-%d')})",
+                "",
+                f"`python bench/decode_bench.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(
+                    " `", "`"
+                ),
+                "",
+                environment(),
+                "",
+                *[f"- {n}" for n in notes],
+                "",
+                f"Best of {args.repeat} runs (site: best of {max(1, min(args.repeat, 2))}). MB/s: file bytes read per "
+                "second and decoded 16-bit pixel bytes per second.",
+                "",
+                table(rows),
+                "",
+            ]
+        )
         print(report)
         if args.out:
             (args.out / "decode_bench.md").write_text(report)

@@ -3,6 +3,7 @@
 Only weights and whitelisted scalar statistics leave this process: no pixels, paths, identifiers
 or per-study predictions.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,12 +13,12 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from common.config import PREPROCESS, RunSettings
-from common.errors import ConfigError
-from common.model import AAANet
-from common.preprocess import InputCache
-from common.site import LoadedSplit, Site
-from common.training import evaluate_local, pick_device, train_local
+from fedaaa.common.config import PREPROCESS, RunSettings
+from fedaaa.common.errors import ConfigError
+from fedaaa.common.model import AAANet
+from fedaaa.common.preprocess import InputCache
+from fedaaa.common.site import LoadedSplit, Site
+from fedaaa.common.training import evaluate_local, pick_device, train_local
 
 log = logging.getLogger("flwr.fedaaa.client")
 app = ClientApp()
@@ -29,8 +30,18 @@ _LOADED: dict[tuple[str, str], LoadedSplit] = {}
 # The only metric keys a hospital ever sends.
 TRAIN_KEYS = {"train-loss", "num-examples", "skipped-studies"}
 EVALUATE_KEYS = {
-    "num-examples", "bce-sum", "tp", "fp", "tn", "fn", "diameter-n", "diameter-abs-err-sum",
-    "diameter-sq-err-sum", "hist-pos", "hist-neg", "skipped-studies",
+    "num-examples",
+    "bce-sum",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+    "diameter-n",
+    "diameter-abs-err-sum",
+    "diameter-sq-err-sum",
+    "hist-pos",
+    "hist-neg",
+    "skipped-studies",
 }
 
 
@@ -41,7 +52,9 @@ def site_folder(context: Context, settings: RunSettings) -> Path:
     sites = settings.site_list()
     partition = int(context.node_config.get("partition-id", -1))
     if not 0 <= partition < len(sites):
-        raise ConfigError(f"no site folder for this node: set node config data-path (partition {partition}, {len(sites)} sites)")
+        raise ConfigError(
+            f"no site folder for this node: set node config data-path (partition {partition}, {len(sites)} sites)"
+        )
     return Path(sites[partition])
 
 
@@ -89,7 +102,13 @@ def train(msg: Message, context: Context) -> Message:
     settings, server_round, device, model, split = _prepare(msg, context, "train")
     metrics = train_local(model, split.data, settings.train_settings(server_round), device)
     metrics["skipped-studies"] = len(split.skipped)
-    log.info("round %d: trained on %d studies (%d skipped), loss %.4f", server_round, len(split), len(split.skipped), metrics["train-loss"])
+    log.info(
+        "round %d: trained on %d studies (%d skipped), loss %.4f",
+        server_round,
+        len(split),
+        len(split.skipped),
+        metrics["train-loss"],
+    )
     return _reply(msg, metrics, TRAIN_KEYS, ArrayRecord(model.cpu().state_dict()))
 
 

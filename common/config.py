@@ -1,12 +1,13 @@
 """One typed configuration per run, built in one place from Flower's run config or CLI flags."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from common.errors import ConfigError
-from common.preprocess import PreprocessSettings
-from common.training import TrainSettings
+from fedaaa.common.errors import ConfigError
+from fedaaa.common.preprocess import PreprocessSettings
+from fedaaa.common.training import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class RunSettings:
     device: str = "auto"
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> "RunSettings":
+    def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
         known = {f.name: f for f in fields(cls)}
         values = {}
         for key, value in dict(run_config).items():
@@ -73,7 +74,7 @@ class RunSettings:
             seed=self.seed + server_round,
         )
 
-    def with_overrides(self, **changes) -> "RunSettings":
+    def with_overrides(self, **changes) -> RunSettings:
         out = replace(self, **{k: v for k, v in changes.items() if v is not None})
         out.validate()
         return out

@@ -6,6 +6,7 @@ by position, takes the spacing from the positions, corrects gantry tilt, interpo
 slices (with a warning) and returns a :class:`CTVolume` in canonical RAS orientation. Anything it cannot
 read right is refused with a one-line :class:`StudyError`.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -20,9 +21,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 from scipy.ndimage import shift as nd_shift
 
-from common.errors import StudyError, describe
-from common.nifti_io import is_nifti, read_nifti
-from common.volume import AIR_HU, MIN_SLICES, CTVolume, check_coverage, finish_volume
+from fedaaa.common.errors import StudyError, describe
+from fedaaa.common.nifti_io import is_nifti, read_nifti
+from fedaaa.common.volume import AIR_HU, MIN_SLICES, CTVolume, check_coverage, finish_volume
 
 __all__ = ["CTVolume", "read_study"]
 
@@ -30,15 +31,20 @@ CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM", "PILOT"}
-JPEG_SYNTAXES = {uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1,
-                 uid.JPEGLSLossless, uid.JPEGLSNearLossless}
+JPEG_SYNTAXES = {
+    uid.JPEGBaseline8Bit,
+    uid.JPEGExtended12Bit,
+    uid.JPEGLossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+}
 LOSSY_SYNTAXES = {uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLSNearLossless}  # others: LossyImageCompression
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-MAX_MISSING_RUN = 2          # at most this many consecutive missing slices are interpolated...
+MAX_MISSING_RUN = 2  # at most this many consecutive missing slices are interpolated...
 MAX_MISSING_FRACTION = 0.05  # ...and at most this share of the series (at least one slice)
 MAX_TILT_DEG = 30.0
-UNIFORM_TOLERANCE = 0.1      # a gap within 10% of the median spacing is regular
-
+UNIFORM_TOLERANCE = 0.1  # a gap within 10% of the median spacing is regular
 
 
 @dataclass
@@ -47,9 +53,9 @@ class _Frame:
 
     path: Path
     ds: pydicom.Dataset
-    index: int | None          # frame number in a multi-frame file
-    iop: np.ndarray            # row direction (3) + column direction (3), LPS
-    ipp: np.ndarray            # centre of the first pixel, LPS mm
+    index: int | None  # frame number in a multi-frame file
+    iop: np.ndarray  # row direction (3) + column direction (3), LPS
+    ipp: np.ndarray  # centre of the first pixel, LPS mm
     pixel_spacing: np.ndarray  # (between rows, between columns) mm
     slope: float
     intercept: float
@@ -61,7 +67,9 @@ class _Frame:
 
 # --------------------------------------------------------------------------------------- scanning
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts))
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)
+    )
 
 
 def _has_dicom_magic(path: Path) -> bool:
@@ -83,8 +91,20 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
         ds.get("Modality")  # touch an element so that a header torn mid-way fails here
         return ds
     except Exception as exc:  # pydicom raises many types for torn files
-        if not magic and isinstance(exc, (InvalidDicomError, EOFError, ValueError, KeyError, TypeError,
-                                          AttributeError, OSError, OverflowError, NotImplementedError)):
+        if not magic and isinstance(
+            exc,
+            (
+                InvalidDicomError,
+                EOFError,
+                ValueError,
+                KeyError,
+                TypeError,
+                AttributeError,
+                OSError,
+                OverflowError,
+                NotImplementedError,
+            ),
+        ):
             return None
         raise StudyError(path, f"DICOM file is truncated or corrupt ({describe(exc)})") from exc
 
@@ -170,13 +190,18 @@ def _frames_of(path: Path, ds: pydicom.Dataset) -> list[_Frame]:
     if "PerFrameFunctionalGroupsSequence" not in ds:
         if n_frames != 1:
             raise StudyError(path, f"multi-frame file ({n_frames} frames) without per-frame positions")
-        return [_Frame(
-            path, ds, None,
-            _floats(ds.get("ImageOrientationPatient"), 6, path, "ImageOrientationPatient"),
-            _floats(ds.get("ImagePositionPatient"), 3, path, "ImagePositionPatient"),
-            _floats(ds.get("PixelSpacing"), 2, path, "PixelSpacing"),
-            _float(ds.get("RescaleSlope"), 1.0, path, "RescaleSlope"),
-            _float(ds.get("RescaleIntercept"), 0.0, path, "RescaleIntercept"))]
+        return [
+            _Frame(
+                path,
+                ds,
+                None,
+                _floats(ds.get("ImageOrientationPatient"), 6, path, "ImageOrientationPatient"),
+                _floats(ds.get("ImagePositionPatient"), 3, path, "ImagePositionPatient"),
+                _floats(ds.get("PixelSpacing"), 2, path, "PixelSpacing"),
+                _float(ds.get("RescaleSlope"), 1.0, path, "RescaleSlope"),
+                _float(ds.get("RescaleIntercept"), 0.0, path, "RescaleIntercept"),
+            )
+        ]
     per_frame = ds.PerFrameFunctionalGroupsSequence
     shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
     if len(per_frame) != n_frames:
@@ -184,21 +209,43 @@ def _frames_of(path: Path, ds: pydicom.Dataset) -> list[_Frame]:
     frames = []
     for i, item in enumerate(per_frame):
         sets = (item, shared)
-        frames.append(_Frame(
-            path, ds, i,
-            _floats(_group(sets, "PlaneOrientationSequence", "ImageOrientationPatient"), 6, path, "ImageOrientationPatient"),
-            _floats(_group(sets, "PlanePositionSequence", "ImagePositionPatient"), 3, path, "ImagePositionPatient"),
-            _floats(_group(sets, "PixelMeasuresSequence", "PixelSpacing"), 2, path, "PixelSpacing"),
-            _float(_group(sets, "PixelValueTransformationSequence", "RescaleSlope") or ds.get("RescaleSlope"), 1.0, path, "RescaleSlope"),
-            _float(_group(sets, "PixelValueTransformationSequence", "RescaleIntercept") or ds.get("RescaleIntercept"),
-                   0.0, path, "RescaleIntercept")))
+        frames.append(
+            _Frame(
+                path,
+                ds,
+                i,
+                _floats(
+                    _group(sets, "PlaneOrientationSequence", "ImageOrientationPatient"),
+                    6,
+                    path,
+                    "ImageOrientationPatient",
+                ),
+                _floats(_group(sets, "PlanePositionSequence", "ImagePositionPatient"), 3, path, "ImagePositionPatient"),
+                _floats(_group(sets, "PixelMeasuresSequence", "PixelSpacing"), 2, path, "PixelSpacing"),
+                _float(
+                    _group(sets, "PixelValueTransformationSequence", "RescaleSlope") or ds.get("RescaleSlope"),
+                    1.0,
+                    path,
+                    "RescaleSlope",
+                ),
+                _float(
+                    _group(sets, "PixelValueTransformationSequence", "RescaleIntercept") or ds.get("RescaleIntercept"),
+                    0.0,
+                    path,
+                    "RescaleIntercept",
+                ),
+            )
+        )
     return frames
 
 
 def _normal(frame: _Frame) -> np.ndarray:
     row, col = frame.iop[:3], frame.iop[3:]
-    if not (np.isclose(np.linalg.norm(row), 1, atol=1e-2) and np.isclose(np.linalg.norm(col), 1, atol=1e-2)
-            and abs(row @ col) < 1e-2):
+    if not (
+        np.isclose(np.linalg.norm(row), 1, atol=1e-2)
+        and np.isclose(np.linalg.norm(col), 1, atol=1e-2)
+        and abs(row @ col) < 1e-2
+    ):
         raise StudyError(frame.path, "ImageOrientationPatient is not two orthogonal unit vectors")
     n = np.cross(row, col)
     return n / np.linalg.norm(n)
@@ -255,12 +302,12 @@ def _choose_series(source: Path, headers: list[tuple[Path, pydicom.Dataset]]) ->
 # --------------------------------------------------------------------------------------- geometry
 @dataclass
 class _Geometry:
-    frames: list[_Frame]       # sorted along the slice normal, duplicates removed
-    slot: np.ndarray           # index of each frame on the uniform slice grid
+    frames: list[_Frame]  # sorted along the slice normal, duplicates removed
+    slot: np.ndarray  # index of each frame on the uniform slice grid
     n_slots: int
     spacing: float
     affine_lps: np.ndarray
-    shifts: np.ndarray         # in-plane (column, row) pixel shift per frame that undoes gantry tilt
+    shifts: np.ndarray  # in-plane (column, row) pixel shift per frame that undoes gantry tilt
     warnings: list[str]
 
 
@@ -288,13 +335,18 @@ def _geometry(source: Path, frames: list[_Frame]) -> _Geometry:
             continue
         keep.append(k)
     if clashes:
-        raise StudyError(source, f"{clashes} slice{'s' * (clashes > 1)} share the same position as another "
-                                 "(duplicated slices or several acquisitions in one series)")
+        raise StudyError(
+            source,
+            f"{clashes} slice{'s' * (clashes > 1)} share the same position as another "
+            "(duplicated slices or several acquisitions in one series)",
+        )
     if copies:
         warnings.append(f"ignored {copies} duplicate cop{'ies' if copies > 1 else 'y'} of the same slice")
     frames, depth = [frames[k] for k in keep], depth[keep]
     if len(frames) < MIN_SLICES:
-        raise StudyError(source, f"only {len(frames)} CT slice{'s' * (len(frames) != 1)}; a volume needs at least {MIN_SLICES}")
+        raise StudyError(
+            source, f"only {len(frames)} CT slice{'s' * (len(frames) != 1)}; a volume needs at least {MIN_SLICES}"
+        )
     positions = np.array([f.ipp for f in frames])
     gaps = np.diff(depth)
     spacing = float(np.median(gaps))
@@ -307,11 +359,17 @@ def _geometry(source: Path, frames: list[_Frame]) -> _Geometry:
         steps = np.rint(ratio)
         missing = int(np.sum(steps - 1))
         if np.any(steps < 1) or np.max(np.abs(ratio - steps)) > UNIFORM_TOLERANCE:
-            raise StudyError(source, f"slice spacing is not uniform ({gaps.min():.2f}-{gaps.max():.2f} mm): "
-                                     "mixed reconstructions or variable spacing")
+            raise StudyError(
+                source,
+                f"slice spacing is not uniform ({gaps.min():.2f}-{gaps.max():.2f} mm): "
+                "mixed reconstructions or variable spacing",
+            )
         if np.max(steps) - 1 > MAX_MISSING_RUN or missing > max(1, int(MAX_MISSING_FRACTION * len(frames))):
-            raise StudyError(source, f"{missing} missing slices (gaps up to {gaps.max():.1f} mm at {spacing:.2f} mm "
-                                     "spacing): too many to interpolate")
+            raise StudyError(
+                source,
+                f"{missing} missing slices (gaps up to {gaps.max():.1f} mm at {spacing:.2f} mm "
+                "spacing): too many to interpolate",
+            )
         slot = np.concatenate([[0], np.cumsum(steps)]).astype(int)
         warnings.append(f"interpolated {missing} missing slice{'s' * (missing > 1)} (largest gap {gaps.max():.1f} mm)")
     # gantry tilt: slice origins drift in-plane along the stack
@@ -325,13 +383,16 @@ def _geometry(source: Path, frames: list[_Frame]) -> _Geometry:
         if np.max(np.linalg.norm(in_plane - expected, axis=1)) > 0.5 * float(np.min(ref.pixel_spacing)) + 0.01:
             raise StudyError(source, "slice positions do not lie on a straight line")
         if tilt > MAX_TILT_DEG:
-            raise StudyError(source, f"gantry tilt of {tilt:.1f} degrees is beyond the {MAX_TILT_DEG:.0f} degrees that can be corrected")
+            raise StudyError(
+                source,
+                f"gantry tilt of {tilt:.1f} degrees is beyond the {MAX_TILT_DEG:.0f} degrees that can be corrected",
+            )
         warnings.append(f"gantry tilt of {tilt:.1f} degrees corrected by shifting slices in-plane")
     else:
         shifts[:] = 0.0
     affine = np.eye(4)
-    affine[:3, 0] = row * ref.pixel_spacing[1]    # along a row: column index i
-    affine[:3, 1] = col * ref.pixel_spacing[0]    # down a column: row index j
+    affine[:3, 0] = row * ref.pixel_spacing[1]  # along a row: column index i
+    affine[:3, 1] = col * ref.pixel_spacing[0]  # down a column: row index j
     affine[:3, 2] = normal * spacing
     affine[:3, 3] = positions[0]
     return _Geometry(frames, slot, int(slot[-1]) + 1, spacing, affine, shifts, warnings)
@@ -395,7 +456,9 @@ def _pixels(geo: _Geometry) -> np.ndarray:
             whole = cache[f.path]
             stored = whole[f.index] if whole.ndim == 3 else whole
         if stored.shape != shape:
-            raise StudyError(f.path, f"expected a {shape[0]}x{shape[1]} greyscale slice, got pixel data of shape {stored.shape}")
+            raise StudyError(
+                f.path, f"expected a {shape[0]}x{shape[1]} greyscale slice, got pixel data of shape {stored.shape}"
+            )
         plane = stored.astype(np.float32) * np.float32(f.slope) + np.float32(f.intercept)
         pad = _padding_mask(f.ds, stored)
         if pad is not None:
@@ -430,7 +493,9 @@ def _headers(path: Path) -> tuple[list[tuple[Path, pydicom.Dataset]], int]:
         else:
             headers.append((file, ds))
     if not headers:
-        raise StudyError(path, f"no readable DICOM files ({not_dicom} files are not DICOM)" if not_dicom else "empty folder")
+        raise StudyError(
+            path, f"no readable DICOM files ({not_dicom} files are not DICOM)" if not_dicom else "empty folder"
+        )
     return headers, not_dicom
 
 
@@ -449,7 +514,11 @@ def read_dicom(path: Path) -> CTVolume:
     if not_dicom:
         warnings.append(f"ignored {not_dicom} non-DICOM file{'s' * (not_dicom > 1)}")
     shared = (ds0.get("SharedFunctionalGroupsSequence") or [None])[0]
-    raw_thickness = ds0.get("SliceThickness") if first.index is None else _group((shared,), "PixelMeasuresSequence", "SliceThickness")
+    raw_thickness = (
+        ds0.get("SliceThickness")
+        if first.index is None
+        else _group((shared,), "PixelMeasuresSequence", "SliceThickness")
+    )
     thickness = _float(raw_thickness, geo.spacing, first.path, "SliceThickness")
     syntax = getattr(getattr(ds0, "file_meta", None), "TransferSyntaxUID", None)
     if syntax in LOSSY_SYNTAXES or _text(ds0, "LossyImageCompression") == "01":
@@ -492,4 +561,3 @@ def read_study(path: str | Path) -> CTVolume:
         raise StudyError(path, "the study is too large to read into memory") from exc
     except Exception as exc:  # a header value pydicom only parses on access, a decoder's odd failure
         raise StudyError(path, f"cannot be read ({type(exc).__name__}: {describe(exc)})") from exc
-

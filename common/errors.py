@@ -1,4 +1,5 @@
 """Errors FedAAA reports to people: one line, naming the file and the problem."""
+
 import re
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?[\\/][^\s'\",;:()]+")

@@ -1,14 +1,15 @@
 """Preparing many studies at once: content hashing, then decoding of cache misses in parallel workers."""
+
 from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from common.preprocess import InputCache, PreprocessSettings
+from fedaaa.common.preprocess import InputCache, PreprocessSettings
 
 Progress = Callable[[int, int], None]  # (studies done, studies in all)
 
@@ -46,8 +47,9 @@ def _result(path: Path, key: str, meta: dict) -> Prepared:
     return Prepared(path, key, info=meta["info"])
 
 
-def prepare_studies(paths: list[Path], cache: InputCache, workers: int | None = None,
-                    progress: Progress | None = None) -> list[Prepared]:
+def prepare_studies(
+    paths: list[Path], cache: InputCache, workers: int | None = None, progress: Progress | None = None
+) -> list[Prepared]:
     """Cache entries for ``paths`` (in order). Hits are only hashed; misses are decoded, in ``workers``
     processes when there are several, and counted in ``cache.decoded``."""
     workers = default_workers() if workers is None else max(1, workers)
@@ -74,8 +76,10 @@ def prepare_studies(paths: list[Path], cache: InputCache, workers: int | None = 
     if len(misses) > 1 and workers > 1:
         ctx = multiprocessing.get_context("spawn")  # safe inside threaded hosts (Flower, Ray)
         with ProcessPoolExecutor(min(workers, len(misses)), mp_context=ctx, initializer=_worker_init) as pool:
-            futures = {pool.submit(_prepare, cache.settings, str(cache.dir), path, key): (i, path, key)
-                       for i, path, key in misses}
+            futures = {
+                pool.submit(_prepare, cache.settings, str(cache.dir), path, key): (i, path, key)
+                for i, path, key in misses
+            }
             for future in as_completed(futures):
                 i, path, key = futures[future]
                 results[i] = _result(path, key, future.result())

@@ -1,4 +1,5 @@
 """The AAA network (AAA logit + maximum aortic diameter), its loss, and the model file."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from common.errors import ConfigError
-from common.preprocess import PreprocessSettings
+from fedaaa.common.errors import ConfigError
+from fedaaa.common.preprocess import PreprocessSettings
 
 DIAMETER_CENTER_MM = 30.0  # the diameter head predicts (d - center) / scale: targets near unit range
 DIAMETER_SCALE_MM = 15.0
@@ -86,9 +87,7 @@ def aaa_loss(
     loss = F.binary_cross_entropy_with_logits(logit, aaa.float())
     known = torch.isfinite(diameter_true)
     if known.any():
-        reg = F.smooth_l1_loss(
-            diameter[known] / DIAMETER_SCALE_MM, diameter_true[known] / DIAMETER_SCALE_MM, beta=0.5
-        )
+        reg = F.smooth_l1_loss(diameter[known] / DIAMETER_SCALE_MM, diameter_true[known] / DIAMETER_SCALE_MM, beta=0.5)
         loss = loss + diameter_weight * reg
     return loss
 
@@ -136,7 +135,9 @@ def load_model(path: str | Path) -> ModelFile:
             meta = f.metadata() or {}
         if meta.get("format") != "fedaaa-model":
             raise ConfigError(f"{path}: not a FedAAA model file (no fedaaa metadata)")
-        arch = ArchSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(meta["architecture"]).items()})
+        arch = ArchSettings(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(meta["architecture"]).items()}
+        )
         model = AAANet(arch)
         model.load_state_dict(load_file(str(path)))
     except ConfigError:

@@ -1,4 +1,5 @@
 """Reading a study that a site already converted to NIfTI (values in HU, geometry in the header)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from common.errors import StudyError, describe
-from common.volume import CTVolume, finish_volume
+from fedaaa.common.errors import StudyError, describe
+from fedaaa.common.volume import CTVolume, finish_volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -58,5 +59,3 @@ def write_nifti(volume: CTVolume, path: Path) -> Path:
     img.header.set_xyzt_units("mm")
     nib.save(img, str(path))
     return path
-
-

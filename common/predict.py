@@ -1,15 +1,16 @@
 """Answering for one CT study: AAA present or not, probability, maximum diameter and what it implies."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from common.errors import StudyError
-from common.model import ModelFile
-from common.preprocess import volume_to_input
-from common.dicom_io import read_study
-from common.training import pick_device, predict_batch
+from fedaaa.common.dicom_io import read_study
+from fedaaa.common.errors import StudyError
+from fedaaa.common.model import ModelFile
+from fedaaa.common.preprocess import volume_to_input
+from fedaaa.common.training import pick_device, predict_batch
 
 DISCLAIMER = "Research software, not a medical device: a radiologist must confirm every finding."
 

@@ -1,4 +1,5 @@
 """Model input: one MONAI pipeline, the same at training and at prediction, cached on disk."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,8 @@ from monai.transforms import (
     SpatialCrop,
 )
 
-from common.dicom_io import CTVolume, read_study
-from common.errors import StudyError, describe
+from fedaaa.common.dicom_io import CTVolume, read_study
+from fedaaa.common.errors import StudyError, describe
 
 BODY_LEVEL = 0.02  # scaled intensity above which a voxel is body (fat and denser), not air
 
@@ -39,7 +40,7 @@ class PreprocessSettings:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "PreprocessSettings":
+    def from_json(cls, text: str) -> PreprocessSettings:
         raw = json.loads(text)
         return cls(**{k: tuple(v) for k, v in raw.items()})
 

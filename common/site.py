@@ -1,4 +1,5 @@
 """A hospital's site folder: its manifest, its studies, and their model inputs."""
+
 from __future__ import annotations
 
 import csv
@@ -10,9 +11,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from common.errors import ConfigError
-from common.ingest import Prepared, Progress, prepare_studies
-from common.preprocess import InputCache, PreprocessSettings
+from fedaaa.common.errors import ConfigError
+from fedaaa.common.ingest import Prepared, Progress, prepare_studies
+from fedaaa.common.preprocess import InputCache, PreprocessSettings
 
 log = logging.getLogger("fedaaa.site")
 
@@ -75,8 +76,9 @@ class Site:
     def split(self, name: str) -> list[Study]:
         return [s for s in self.studies if s.split == name]
 
-    def prepare(self, studies: list[Study], cache: InputCache, workers: int | None = 1,
-                progress: Progress | None = None) -> list[Prepared]:
+    def prepare(
+        self, studies: list[Study], cache: InputCache, workers: int | None = 1, progress: Progress | None = None
+    ) -> list[Prepared]:
         """Cache entries of ``studies`` (decoded in parallel where missing); refusals logged by study id."""
         prepared = prepare_studies([s.path for s in studies], cache, workers, progress)
         for study, p in zip(studies, prepared):
@@ -84,8 +86,14 @@ class Site:
                 log.warning("skipped study %s: %s", study.study_id, p.error)
         return prepared
 
-    def load(self, split: str, settings: PreprocessSettings, cache: InputCache | None = None,
-             workers: int | None = 1, progress: Progress | None = None) -> "LoadedSplit":
+    def load(
+        self,
+        split: str,
+        settings: PreprocessSettings,
+        cache: InputCache | None = None,
+        workers: int | None = 1,
+        progress: Progress | None = None,
+    ) -> LoadedSplit:
         """Model inputs and labels of one split; unusable studies are skipped with a logged reason."""
         cache = cache or InputCache(settings)
         studies = self.split(split)

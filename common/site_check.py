@@ -4,6 +4,7 @@ The report has two parts. ``summary`` holds counts and ranges only (no study ids
 per-patient values): it is what a coordinator may later be shown. ``studies`` lists each study with its
 status and reason, for the hospital's own eyes.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common.ingest import Progress
-from common.predict import CATEGORIES, diameter_category
-from common.preprocess import InputCache
-from common.site import SPLITS, Site
+from fedaaa.common.ingest import Progress
+from fedaaa.common.predict import CATEGORIES, diameter_category
+from fedaaa.common.preprocess import InputCache
+from fedaaa.common.site import SPLITS, Site
 
 
 def _category(text: str) -> str:
@@ -29,12 +30,19 @@ def _range(values: list[float]) -> dict | None:
     if not values:
         return None
     q = np.percentile(values, [0, 25, 50, 75, 100])
-    return {"n": len(values), "min": round(float(q[0]), 2), "p25": round(float(q[1]), 2),
-            "median": round(float(q[2]), 2), "p75": round(float(q[3]), 2), "max": round(float(q[4]), 2)}
+    return {
+        "n": len(values),
+        "min": round(float(q[0]), 2),
+        "p25": round(float(q[1]), 2),
+        "median": round(float(q[2]), 2),
+        "p75": round(float(q[3]), 2),
+        "max": round(float(q[4]), 2),
+    }
 
 
-def check_site(site: Site | str | Path, cache: InputCache, workers: int | None = None,
-               progress: Progress | None = None) -> dict:
+def check_site(
+    site: Site | str | Path, cache: InputCache, workers: int | None = None, progress: Progress | None = None
+) -> dict:
     """Validate the manifest (raises ConfigError) and every study; return ``{"summary", "studies"}``."""
     site = site if isinstance(site, Site) else Site(site)
     prepared = site.prepare(site.studies, cache, workers, progress)
@@ -60,12 +68,17 @@ def check_site(site: Site | str | Path, cache: InputCache, workers: int | None =
         "studies": len(site.studies),
         "usable": len(usable),
         "refused": len(site.studies) - len(usable),
-        "splits": {name: {"studies": len(site.split(name)),
-                          "usable": sum(1 for s, _ in usable if s.split == name)} for name in SPLITS},
+        "splits": {
+            name: {"studies": len(site.split(name)), "usable": sum(1 for s, _ in usable if s.split == name)}
+            for name in SPLITS
+        },
         "refusal_reasons": dict(refusals.most_common()),
         "warnings": dict(warnings.most_common()),
-        "labels": {"aaa": n_aaa, "no_aaa": len(usable) - n_aaa,
-                   "prevalence": round(n_aaa / len(usable), 3) if usable else None},
+        "labels": {
+            "aaa": n_aaa,
+            "no_aaa": len(usable) - n_aaa,
+            "prevalence": round(n_aaa / len(usable), 3) if usable else None,
+        },
         "diameter_mm": _range(diameters),
         "diameter_categories": {c: categories[c] for _, c, _ in CATEGORIES if categories[c]},
         "diameter_missing": len(usable) - len(diameters),

@@ -1,4 +1,5 @@
 """Local training and evaluation; evaluation returns sufficient statistics that are safe to share."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.model import AAANet, aaa_loss
+from fedaaa.common.model import AAANet, aaa_loss
 
 SCORE_BINS = 50  # probability histogram bins: enough for AUROC to about 0.01, no per-patient scores
 
@@ -33,7 +34,9 @@ class TrainSettings:
 def train_local(model: AAANet, data: TensorDataset, settings: TrainSettings, device: torch.device) -> dict:
     """Train in place for ``settings.local_epochs``; returns the mean loss and example count."""
     gen = torch.Generator().manual_seed(settings.seed)
-    loader = DataLoader(data, batch_size=settings.batch_size, shuffle=True, generator=gen, drop_last=len(data) > settings.batch_size)
+    loader = DataLoader(
+        data, batch_size=settings.batch_size, shuffle=True, generator=gen, drop_last=len(data) > settings.batch_size
+    )
     model.to(device).train()
     global_params = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu > 0 else None
     opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
@@ -71,7 +74,9 @@ def predict_dataset(model: AAANet, data: TensorDataset, device: torch.device, ba
     return np.concatenate(probs), np.concatenate(diams)
 
 
-def evaluation_stats(prob: np.ndarray, diam: np.ndarray, aaa: np.ndarray, diam_true: np.ndarray, threshold: float = 0.5) -> dict:
+def evaluation_stats(
+    prob: np.ndarray, diam: np.ndarray, aaa: np.ndarray, diam_true: np.ndarray, threshold: float = 0.5
+) -> dict:
     """Sums and counts only (no per-study values): they add up across hospitals."""
     aaa = np.asarray(aaa).astype(bool)
     prob = np.clip(np.asarray(prob, dtype=float), 1e-7, 1 - 1e-7)

@@ -1,4 +1,5 @@
 """A CT volume in Hounsfield units with its true geometry, always in one canonical orientation (RAS)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
-from common.errors import StudyError
+from fedaaa.common.errors import StudyError
 
 AIR_HU = -1024.0
 MIN_SLICES = 8
@@ -41,7 +42,9 @@ def check_coverage(source, slice_spacing_mm: float, n_slices: int) -> None:
     """Refuse a stack too short to hold the abdominal aorta."""
     coverage = slice_spacing_mm * (n_slices - 1)
     if coverage < MIN_COVERAGE_MM:
-        raise StudyError(source, f"the series covers {coverage:.0f} mm; the abdomen needs at least {MIN_COVERAGE_MM:.0f}")
+        raise StudyError(
+            source, f"the series covers {coverage:.0f} mm; the abdomen needs at least {MIN_COVERAGE_MM:.0f}"
+        )
 
 
 def finish_volume(source, hu: np.ndarray, affine: np.ndarray, info: dict) -> CTVolume:
@@ -62,12 +65,17 @@ def finish_volume(source, hu: np.ndarray, affine: np.ndarray, info: dict) -> CTV
     np.maximum(hu, AIR_HU, out=hu)
     low = float(np.percentile(hu[::2, ::2, ::2], 1))
     if low > -200:
-        raise StudyError(source, f"values do not look like Hounsfield units (1st percentile {low:.0f} HU, no air or fat): check RescaleIntercept")
+        raise StudyError(
+            source,
+            f"values do not look like Hounsfield units (1st percentile {low:.0f} HU, no air or fat): check RescaleIntercept",
+        )
     info.setdefault("warnings", [])
     body = hu > -500
     edge = body[0].any(axis=0) | body[-1].any(axis=0) | body[:, 0].any(axis=0) | body[:, -1].any(axis=0)
     if edge.mean() > 0.2:
-        info["warnings"].append(f"the body touches the edge of the field of view on {edge.mean():.0%} of slices "
-                                "(truncated reconstruction): the measurement may be affected")
+        info["warnings"].append(
+            f"the body touches the edge of the field of view on {edge.mean():.0%} of slices "
+            "(truncated reconstruction): the measurement may be affected"
+        )
     info["shape"] = list(hu.shape)
     return CTVolume(hu=hu, affine=affine, info=info)

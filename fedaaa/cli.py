@@ -1,4 +1,5 @@
 """The `fedaaa` command: synth, simulate, predict, site check. Errors are one line on stderr and exit code 2."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ class CLIError(Exception):
 def _cmd_synth(args) -> int:
     from rich.console import Console
 
-    from simulations.synth import default_sites, write_federation
+    from fedaaa.simulations.synth import default_sites, write_federation
 
     specs = default_sites(args.sites, args.studies_per_site, seed=args.seed, matrix=args.matrix)
     console = Console(stderr=True)
@@ -36,18 +37,21 @@ def _cmd_synth(args) -> int:
 
 
 def _run_settings(args):
-    from common.config import RunSettings
+    from fedaaa.common.config import RunSettings
 
     return RunSettings().with_overrides(
-        num_server_rounds=args.rounds, local_epochs=args.local_epochs, learning_rate=args.learning_rate,
-        proximal_mu=args.proximal_mu, seed=args.seed,
+        num_server_rounds=args.rounds,
+        local_epochs=args.local_epochs,
+        learning_rate=args.learning_rate,
+        proximal_mu=args.proximal_mu,
+        seed=args.seed,
     )
 
 
 def _cmd_simulate(args) -> int:
     from rich.console import Console
 
-    from simulations.simulate import SimulationPlan, simulate
+    from fedaaa.simulations.simulate import SimulationPlan, simulate
 
     output = Path(args.output).resolve()
     plan = SimulationPlan(
@@ -67,14 +71,16 @@ def _cmd_simulate(args) -> int:
         f"sensitivity {test['sensitivity']:.2f}, specificity {test['specificity']:.2f}, "
         f"diameter MAE {test['diameter_mae_mm']:.2f} mm"
     )
-    print(f"Model: {output / 'global_model.safetensors'}\nHistory: {output / 'history.json'}\n"
-          f"Learning curve: {output / 'learning_curve.png'}")
+    print(
+        f"Model: {output / 'global_model.safetensors'}\nHistory: {output / 'history.json'}\n"
+        f"Learning curve: {output / 'learning_curve.png'}"
+    )
     return 0
 
 
 def _cmd_predict(args) -> int:
-    from common.model import load_model
-    from common.predict import DISCLAIMER, predict_study
+    from fedaaa.common.model import load_model
+    from fedaaa.common.predict import DISCLAIMER, predict_study
 
     mf = load_model(args.model)
     refused = 0
@@ -102,24 +108,32 @@ def _cmd_predict(args) -> int:
 def _progress_bar(console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def _cmd_site_check(args) -> int:
     from rich.console import Console
 
-    from common.config import PREPROCESS
-    from common.preprocess import InputCache
-    from common.site import Site
-    from common.site_check import check_site
+    from fedaaa.common.config import PREPROCESS
+    from fedaaa.common.preprocess import InputCache
+    from fedaaa.common.site import Site
+    from fedaaa.common.site_check import check_site
 
     site = Site(args.site)  # a manifest error is reported before any progress bar
     console = Console(stderr=True)
     cache = InputCache(PREPROCESS, Path(args.cache_dir) if args.cache_dir else None)
     with _progress_bar(console) as bar:
         task = bar.add_task("Checking studies", total=len(site.studies))
-        report = check_site(site, cache, args.workers, lambda done, total: bar.update(task, completed=done, total=total))
+        report = check_site(
+            site, cache, args.workers, lambda done, total: bar.update(task, completed=done, total=total)
+        )
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -152,11 +166,18 @@ def _print_site_report(report: dict) -> None:
     labels = s["labels"]
     table.add_row("labels", f"{labels['aaa']} AAA / {labels['no_aaa']} no AAA (prevalence {labels['prevalence']})")
     table.add_row("splits", ", ".join(f"{k} {v['usable']}/{v['studies']}" for k, v in s["splits"].items()))
-    for key, unit in (("diameter_mm", "mm"), ("slice_spacing_mm", "mm"), ("slice_thickness_mm", "mm"),
-                      ("pixel_spacing_mm", "mm"), ("slices", "")):
+    for key, unit in (
+        ("diameter_mm", "mm"),
+        ("slice_spacing_mm", "mm"),
+        ("slice_thickness_mm", "mm"),
+        ("pixel_spacing_mm", "mm"),
+        ("slices", ""),
+    ):
         r = s[key]
-        table.add_row(key.replace("_mm", "").replace("_", " "),
-                      f"{r['min']}-{r['max']} {unit} (median {r['median']})" if r else "-")
+        table.add_row(
+            key.replace("_mm", "").replace("_", " "),
+            f"{r['min']}-{r['max']} {unit} (median {r['median']})" if r else "-",
+        )
     table.add_row("diameter categories", ", ".join(f"{k}: {v}" for k, v in s["diameter_categories"].items()) or "-")
     table.add_row("manufacturers", ", ".join(f"{k}: {v}" for k, v in s["manufacturers"].items()) or "-")
     table.add_row("contrast (header)", ", ".join(f"{k}: {v}" for k, v in s["contrast_header"].items()) or "-")
@@ -173,8 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def federation_flags(p, studies_default):
         p.add_argument("--sites", type=int, default=3, help="number of hospitals (default 3)")
-        p.add_argument("--studies-per-site", type=int, default=studies_default, help=f"mean studies per hospital (default {studies_default})")
-        p.add_argument("--matrix", type=int, default=128, help="in-plane matrix; 512 for realistic series (default 128)")
+        p.add_argument(
+            "--studies-per-site",
+            type=int,
+            default=studies_default,
+            help=f"mean studies per hospital (default {studies_default})",
+        )
+        p.add_argument(
+            "--matrix", type=int, default=128, help="in-plane matrix; 512 for realistic series (default 128)"
+        )
         p.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")
 
     p = sub.add_parser("synth", help="write synthetic hospitals as DICOM site folders")
@@ -182,16 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     federation_flags(p, 60)
     p.set_defaults(func=_cmd_synth)
 
-    from common.config import RunSettings
+    from fedaaa.common.config import RunSettings
 
     d = RunSettings()
     p = sub.add_parser("simulate", help="run a whole federation of synthetic hospitals on this machine")
     p.add_argument("--output", required=True, help="run folder: global_model.safetensors, history.json, plots")
     p.add_argument("--data", help="where the synthetic hospitals live (default OUTPUT/data; reused when present)")
     federation_flags(p, 60)
-    p.add_argument("--rounds", type=int, default=d.num_server_rounds, help=f"FedAvg rounds (default {d.num_server_rounds})")
-    p.add_argument("--local-epochs", type=int, default=d.local_epochs, help=f"epochs per round at each hospital (default {d.local_epochs})")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"AdamW learning rate (default {d.learning_rate})")
+    p.add_argument(
+        "--rounds", type=int, default=d.num_server_rounds, help=f"FedAvg rounds (default {d.num_server_rounds})"
+    )
+    p.add_argument(
+        "--local-epochs",
+        type=int,
+        default=d.local_epochs,
+        help=f"epochs per round at each hospital (default {d.local_epochs})",
+    )
+    p.add_argument(
+        "--learning-rate", type=float, default=d.learning_rate, help=f"AdamW learning rate (default {d.learning_rate})"
+    )
     p.add_argument("--proximal-mu", type=float, default=d.proximal_mu, help="FedProx mu; 0 is FedAvg (default 0)")
     p.set_defaults(func=_cmd_simulate)
 
@@ -206,16 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("site", metavar="SITE", help="site folder holding manifest.csv")
     p.add_argument("--json", action="store_true", help="the report as JSON: 'summary' (no identifiers) and 'studies'")
     p.add_argument("--workers", type=int, default=None, help="parallel decoding processes (default: up to 4 CPUs)")
-    p.add_argument("--cache-dir", help="where preprocessed inputs are cached (default $FEDAAA_CACHE_DIR or ~/.cache/fedaaa)")
+    p.add_argument(
+        "--cache-dir", help="where preprocessed inputs are cached (default $FEDAAA_CACHE_DIR or ~/.cache/fedaaa)"
+    )
     p.set_defaults(func=_cmd_site_check)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from common.errors import ConfigError, StudyError
-    from simulations.federation import FederationError
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    from fedaaa.common.errors import ConfigError, StudyError
+    from fedaaa.simulations.federation import FederationError
 
     try:
         return args.func(args)

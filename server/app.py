@@ -1,4 +1,5 @@
 """Flower ServerApp: FedAvg rounds over the hospitals, a checkpoint and a history line per round."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDic
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
 
-from common.config import PREPROCESS, RunSettings
-from common.model import AAANet, ModelFile, save_model
-from common.training import sum_stats, summarize
+from fedaaa.common.config import PREPROCESS, RunSettings
+from fedaaa.common.model import AAANet, ModelFile, save_model
+from fedaaa.common.training import sum_stats, summarize
 
 log = logging.getLogger("flwr.fedaaa.server")
 app = ServerApp()
@@ -73,8 +74,11 @@ class FederationRecorder:
         if server_round > 0:
             log.info(
                 "round %d: train loss %.4f | val AUROC %.3f, diameter MAE %.2f mm (%d studies)",
-                server_round, entry.get("train_loss", math.nan), entry.get("val_auroc", math.nan),
-                entry.get("val_diameter_mae_mm", math.nan), entry.get("val_n", 0),
+                server_round,
+                entry.get("train_loss", math.nan),
+                entry.get("val_auroc", math.nan),
+                entry.get("val_diameter_mae_mm", math.nan),
+                entry.get("val_n", 0),
             )
         return None
 
@@ -84,7 +88,9 @@ class FederationRecorder:
         model = AAANet()
         model.load_state_dict(arrays.to_torch_state_dict())
         summary = self.history[-1] if self.history else {}
-        return save_model(self.output_dir / "global_model.safetensors", ModelFile(model, PREPROCESS, round=rounds, summary=summary))
+        return save_model(
+            self.output_dir / "global_model.safetensors", ModelFile(model, PREPROCESS, round=rounds, summary=summary)
+        )
 
     def _write_history(self) -> None:
         doc = {"settings": self.settings.to_run_config(), "rounds": self.history}

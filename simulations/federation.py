@@ -4,6 +4,7 @@ We start a private SuperLink in simulation mode (its own FLWR_HOME and a free lo
 the FedAAA app to it with ``flwr run``, stream its log, and stop the SuperLink and everything it
 started when the run ends, so nothing is left running.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,10 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from common.config import RunSettings
+from fedaaa.common.config import RunSettings
 
 ROUND_RE = re.compile(r"\[ROUND (\d+)/(\d+)\]")
 STARTUP_TIMEOUT_S = 60
@@ -49,7 +50,7 @@ def write_app_dir(folder: Path) -> Path:
         '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
         '[project]\nname = "fedaaa-simulation"\nversion = "1.0.0"\ndependencies = []\n\n'
         '[tool.flwr.app]\npublisher = "fedaaa"\n\n'
-        '[tool.flwr.app.components]\nserverapp = "server.app:app"\nclientapp = "client.app:app"\n\n'
+        '[tool.flwr.app.components]\nserverapp = "fedaaa.server.app:app"\nclientapp = "fedaaa.client.app:app"\n\n'
         "[tool.flwr.app.config]\n" + _toml_table(RunSettings().to_run_config())
     )
     return folder
@@ -180,17 +181,33 @@ def _run(sites, output_dir, settings, cpus, log_file, env, on_round, on_line) ->
         (tmp / "run_config.toml").write_text(_toml_table(settings.to_run_config()))
         superlink = subprocess.Popen(
             [
-                "flower-superlink", "--insecure", "--simulation", "--disable-runtime-dependency-installation",
-                "--host", "127.0.0.1", "--port", str(port), "--database", ":flwr-in-memory:",
+                "flower-superlink",
+                "--insecure",
+                "--simulation",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--database",
+                ":flwr-in-memory:",
             ],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd=tmp,
         )
         try:
             wait_for_port(port, superlink, log_file)
             tail = deque(maxlen=30)
             with subprocess.Popen(
                 ["flwr", "run", str(app_dir), "fedaaa", "--run-config", str(tmp / "run_config.toml"), "--stream"],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, cwd=tmp,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                text=True,
+                cwd=tmp,
                 start_new_session=True,
             ) as runner:
                 try:
@@ -213,7 +230,7 @@ def _run(sites, output_dir, settings, cpus, log_file, env, on_round, on_line) ->
 
     model = output_dir / "global_model.safetensors"
     if not model.is_file():
-        errors = [l for l in tail if "ERROR" in l or "Error" in l or "error" in l]
+        errors = [line for line in tail if "error" in line.lower()]
         hint = (errors or list(tail) or ["no output"])[-1].strip()
         raise FederationError(f"the federation produced no model ({hint[:200]}); full log: {log_file}")
     return json.loads((output_dir / "history.json").read_text())

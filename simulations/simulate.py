@@ -1,4 +1,5 @@
 """`fedaaa simulate`: synthetic hospitals, a local Flower federation, and a held-out test of the result."""
+
 from __future__ import annotations
 
 import json
@@ -13,14 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common.config import PREPROCESS, RunSettings
-from common.errors import ConfigError
-from common.model import load_model
-from common.preprocess import InputCache
-from common.site import Site
-from common.training import evaluation_stats, pick_device, predict_dataset, summarize
-from simulations.federation import run_local_federation
-from simulations.synth import default_sites, write_federation
+from fedaaa.common.config import PREPROCESS, RunSettings
+from fedaaa.common.errors import ConfigError
+from fedaaa.common.model import load_model
+from fedaaa.common.preprocess import InputCache
+from fedaaa.common.site import Site
+from fedaaa.common.training import evaluation_stats, pick_device, predict_dataset, summarize
+from fedaaa.simulations.federation import run_local_federation
+from fedaaa.simulations.synth import default_sites, write_federation
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,12 @@ class SimulationPlan:
 
 def _progress(console: Console) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     )
 
 
@@ -46,8 +51,12 @@ def prepare_inputs(sites: list[Path], cache: InputCache, console: Console) -> No
         site = Site(site_path)
         with _progress(console) as progress:
             task = progress.add_task(f"Preparing {site_path.name}", total=len(site.studies))
-            prepared = site.prepare(site.studies, cache, workers=None,
-                                    progress=lambda done, total: progress.update(task, completed=done))
+            prepared = site.prepare(
+                site.studies,
+                cache,
+                workers=None,
+                progress=lambda done, total, task=task: progress.update(task, completed=done),
+            )
         for study, p in zip(site.studies, prepared):
             if p.error:  # reported again, per study, by the client that skips it
                 console.print(f"[yellow]{site_path.name}: skipping {study.study_id}: {p.error}")
@@ -113,9 +122,14 @@ def round_table(history: dict) -> Table:
         if r["round"] == 0:
             continue
         table.add_row(
-            str(r["round"]), str(r.get("train_sites", "-")), fmt(r.get("train_loss"), ".4f"), fmt(r.get("val_auroc")),
-            fmt(r.get("val_sensitivity"), ".2f"), fmt(r.get("val_specificity"), ".2f"),
-            fmt(r.get("val_diameter_mae_mm"), ".2f"), fmt(r.get("elapsed_s"), ".0f"),
+            str(r["round"]),
+            str(r.get("train_sites", "-")),
+            fmt(r.get("train_loss"), ".4f"),
+            fmt(r.get("val_auroc")),
+            fmt(r.get("val_sensitivity"), ".2f"),
+            fmt(r.get("val_specificity"), ".2f"),
+            fmt(r.get("val_diameter_mae_mm"), ".2f"),
+            fmt(r.get("elapsed_s"), ".0f"),
         )
     return table
 

@@ -23,6 +23,7 @@ Site layout written by :func:`write_site`::
 :data:`ACQUISITION_VARIANTS` and :func:`write_variant` write one anatomy under each acquisition variant, to
 check that a DICOM reader recovers the same volume from all of them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,13 +31,13 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from simulations.synth_dicom import encode_pixels, padding_value, write_study  # noqa: F401  (re-exported)
+from fedaaa.simulations.synth_dicom import encode_pixels, padding_value, write_study  # noqa: F401  (re-exported)
 
 GENERATOR_VERSION = 2
 KINDS = ("normal", "ectatic", "aneurysm")
@@ -56,32 +57,38 @@ _VENDORS = ("Acme Medical", "Helix Imaging", "Orbis CT", "Nova Systems", "Vertex
 @dataclass(frozen=True)
 class ScannerProfile:
     """How a site's scanner samples and exports a patient (never what the patient looks like)."""
+
     name: str = "generic"
     manufacturer: str = "SYNTH"
-    matrix: int = 128            # rows = columns
-    fov_mm: float = 360.0        # in-plane field of view; pixel spacing = fov_mm / matrix
-    slice_thickness_mm: float = 5.0   # header SliceThickness
-    noise_hu: float = 12.0       # Gaussian noise SD in HU
-    contrast: bool = True        # contrast_phase below, else lumen ~40 HU
-    signed: bool = False         # PixelRepresentation 1 (int16, intercept 0) vs 0 (uint16, intercept -1024)
+    matrix: int = 128  # rows = columns
+    fov_mm: float = 360.0  # in-plane field of view; pixel spacing = fov_mm / matrix
+    slice_thickness_mm: float = 5.0  # header SliceThickness
+    noise_hu: float = 12.0  # Gaussian noise SD in HU
+    contrast: bool = True  # contrast_phase below, else lumen ~40 HU
+    signed: bool = False  # PixelRepresentation 1 (int16, intercept 0) vs 0 (uint16, intercept -1024)
     kvp: float = 120.0
-    slice_spacing_mm: float | None = None   # distance between slice centres; None = slice_thickness_mm
+    slice_spacing_mm: float | None = None  # distance between slice centres; None = slice_thickness_mm
     contrast_phase: str = "arterial"  # "arterial" lumen 200-400 HU | "portal" lumen 130-200 HU, kidneys less
-    orientation: str = "standard"     # one of ORIENTATIONS (see synth_dicom)
-    feet_first: bool = False     # PatientPosition FFS, InstanceNumber 1 at the feet end
+    orientation: str = "standard"  # one of ORIENTATIONS (see synth_dicom)
+    feet_first: bool = False  # PatientPosition FFS, InstanceNumber 1 at the feet end
     file_order: str = "shuffled"  # file names vs InstanceNumber: "shuffled" | "ascending" | "descending"
     transfer_syntax: str = "explicit"  # one of TRANSFER_SYNTAXES; "enhanced" = one multi-frame Enhanced CT file
-    bits_stored: int = 0         # 0 = 16 signed / 12 unsigned; else 12, 13, 14 or 16
+    bits_stored: int = 0  # 0 = 16 signed / 12 unsigned; else 12, 13, 14 or 16
     pixel_padding: bool = False  # pixels outside the circular reconstruction FOV hold PixelPaddingValue
     extras: tuple[str, ...] = ()  # more material in each study folder, from EXTRAS
-    layout: str = "flat"         # one of LAYOUTS
-    tortuosity: float = 0.0      # 0..1: wandering, oblique aortic centreline
+    layout: str = "flat"  # one of LAYOUTS
+    tortuosity: float = 0.0  # 0..1: wandering, oblique aortic centreline
 
     def __post_init__(self):
         object.__setattr__(self, "extras", tuple(self.extras))
-        for field, allowed in (("contrast_phase", CONTRAST_PHASES), ("orientation", ORIENTATIONS),
-                               ("file_order", FILE_ORDERS), ("transfer_syntax", TRANSFER_SYNTAXES),
-                               ("layout", LAYOUTS), ("bits_stored", (0, 12, 13, 14, 16))):
+        for field, allowed in (
+            ("contrast_phase", CONTRAST_PHASES),
+            ("orientation", ORIENTATIONS),
+            ("file_order", FILE_ORDERS),
+            ("transfer_syntax", TRANSFER_SYNTAXES),
+            ("layout", LAYOUTS),
+            ("bits_stored", (0, 12, 13, 14, 16)),
+        ):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
         if not set(self.extras) <= set(EXTRAS):
@@ -98,15 +105,15 @@ class ScannerProfile:
 
     @property
     def phase(self) -> str:
-        """"arterial" | "portal" | "none" (no contrast)."""
+        """ "arterial" | "portal" | "none" (no contrast)."""
         return self.contrast_phase if self.contrast else "none"
 
 
 @dataclass(frozen=True)
 class SiteSpec:
-    name: str                    # e.g. "hospital-a"; used as folder name
+    name: str  # e.g. "hospital-a"; used as folder name
     n_studies: int
-    aaa_prevalence: float        # fraction of studies with AAA (max diameter >= 30 mm)
+    aaa_prevalence: float  # fraction of studies with AAA (max diameter >= 30 mm)
     profile: ScannerProfile
     seed: int
 
@@ -114,11 +121,11 @@ class SiteSpec:
 @dataclass(frozen=True)
 class StudyTruth:
     study_id: str
-    aaa: int                     # 1 if max_diameter_mm >= 30 else 0
-    max_diameter_mm: float       # true max OUTER-wall diameter of the aorta, rounded to 0.1 mm
-    kind: str                    # "normal" | "ectatic" | "aneurysm"
-    sex: str                     # "M" | "F"
-    max_z_mm: float              # patient z (DICOM LPS z, mm) of the slice centre where the max occurs
+    aaa: int  # 1 if max_diameter_mm >= 30 else 0
+    max_diameter_mm: float  # true max OUTER-wall diameter of the aorta, rounded to 0.1 mm
+    kind: str  # "normal" | "ectatic" | "aneurysm"
+    sex: str  # "M" | "F"
+    max_z_mm: float  # patient z (DICOM LPS z, mm) of the slice centre where the max occurs
 
 
 @dataclass
@@ -135,6 +142,7 @@ class SyntheticStudy:
     segmentation targets. An axial cut of the tilted aorta is an ellipse with semi-axes
     ``diameter / 2 / cos(tilt)`` along the in-plane direction of the tangent and ``diameter / 2`` across.
     """
+
     hu: np.ndarray
     z_mm: np.ndarray
     pixel_spacing_mm: float
@@ -159,8 +167,7 @@ class SyntheticStudy:
         return StudyTruth(study_id, self.aaa, self.max_diameter_mm, self.kind, self.sex, self.max_z_mm)
 
 
-def default_sites(n_sites: int = 3, studies_per_site: int = 60, seed: int = 0,
-                  matrix: int = 128) -> list[SiteSpec]:
+def default_sites(n_sites: int = 3, studies_per_site: int = 60, seed: int = 0, matrix: int = 128) -> list[SiteSpec]:
     """Heterogeneous hospitals, deterministic in ``seed``: study counts x0.7-1.3, prevalence 0.3-0.5,
     slice thickness 1.25/2.5/3/5 mm at a spacing of at least 2.5 mm (to keep studies small), FOV 340-420 mm,
     noise 8-25 HU, contrast (arterial or portal) and non-contrast sites (at least one of each when
@@ -181,26 +188,42 @@ def default_sites(n_sites: int = 3, studies_per_site: int = 60, seed: int = 0,
     for i in range(n_sites):
         vendor = _VENDORS[vendors[i % len(_VENDORS)]]
         t, signed = float(thick[i % 4]), bool((i + signed0) % 2)
-        extras = [e for e, p in (("localizer", 0.5), ("thick", 0.2), ("secondary", 0.2), ("dose", 0.4),
-                                 ("stray", 0.3)) if rng.random() < p]
+        extras = [
+            e
+            for e, p in (("localizer", 0.5), ("thick", 0.2), ("secondary", 0.2), ("dose", 0.4), ("stray", 0.3))
+            if rng.random() < p
+        ]
         profile = ScannerProfile(
-            name=f"{vendor.split()[0].lower()}-{t:g}mm", manufacturer=vendor, matrix=matrix,
-            fov_mm=float(round(rng.uniform(340, 420))), slice_thickness_mm=t,
+            name=f"{vendor.split()[0].lower()}-{t:g}mm",
+            manufacturer=vendor,
+            matrix=matrix,
+            fov_mm=float(round(rng.uniform(340, 420))),
+            slice_thickness_mm=t,
             slice_spacing_mm=None if t >= 2.5 else 2.5,
-            noise_hu=round(float(rng.uniform(8, 25)), 1), contrast=bool(contrast[i]), signed=signed,
+            noise_hu=round(float(rng.uniform(8, 25)), 1),
+            contrast=bool(contrast[i]),
+            signed=signed,
             kvp=float(rng.choice([100.0, 120.0, 140.0])),
             contrast_phase="portal" if rng.random() < 0.35 and contrast[i] else "arterial",
             orientation=str(rng.choice(ORIENTATIONS[:4], p=[0.64, 0.12, 0.12, 0.12])),
-            feet_first=bool(rng.random() < 0.25), file_order=str(rng.choice(FILE_ORDERS)),
+            feet_first=bool(rng.random() < 0.25),
+            file_order=str(rng.choice(FILE_ORDERS)),
             transfer_syntax=codec if i == packed else str(rng.choice(["explicit", "explicit", "implicit"])),
             bits_stored=int(rng.choice([0, 12, 16] if signed else [0, 14, 16])),
-            pixel_padding=bool(rng.random() < 0.4), extras=tuple(extras),
-            layout=str(rng.choice(LAYOUTS, p=[0.5, 0.3, 0.2])), tortuosity=0.5 if i == tortuous else 0.0)
-        sites.append(SiteSpec(
-            name=f"hospital-{chr(ord('a') + i % 26)}{'' if i < 26 else i // 26}",
-            n_studies=max(4, int(round(studies_per_site * rng.uniform(0.7, 1.3)))),
-            aaa_prevalence=round(float(rng.uniform(0.3, 0.5)), 2), profile=profile,
-            seed=int(rng.integers(2**31))))
+            pixel_padding=bool(rng.random() < 0.4),
+            extras=tuple(extras),
+            layout=str(rng.choice(LAYOUTS, p=[0.5, 0.3, 0.2])),
+            tortuosity=0.5 if i == tortuous else 0.0,
+        )
+        sites.append(
+            SiteSpec(
+                name=f"hospital-{chr(ord('a') + i % 26)}{'' if i < 26 else i // 26}",
+                n_studies=max(4, int(round(studies_per_site * rng.uniform(0.7, 1.3)))),
+                aaa_prevalence=round(float(rng.uniform(0.3, 0.5)), 2),
+                profile=profile,
+                seed=int(rng.integers(2**31)),
+            )
+        )
     return sites
 
 
@@ -219,6 +242,7 @@ def _ellipse(cx, cy, a, b, theta=0.0):
         g = np.sqrt((u / a**2) ** 2 + (v / b**2) ** 2)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(g > 1e-12, (f - 1) * f / g, -min(a, b))
+
     ex, ey = np.hypot(a * c, b * s), np.hypot(a * s, b * c)
     return (cx - ex, cx + ex, cy - ey, cy + ey), sdf
 
@@ -238,7 +262,7 @@ def _stretch(dx, dy, phi, sec):
 class _Grid:
     def __init__(self, matrix: int, fov: float):
         self.ps = fov / matrix
-        self.c = -fov / 2 + self.ps / 2 + np.arange(matrix) * self.ps   # pixel centres, same for x and y
+        self.c = -fov / 2 + self.ps / 2 + np.arange(matrix) * self.ps  # pixel centres, same for x and y
 
     def paint(self, img, shape, hu):
         """Composite one structure over ``img`` inside its bounding box (plus one pixel)."""
@@ -257,8 +281,10 @@ def _wander(rng, amp, lam=(80, 250)):
     returns (f, df/dh) as functions of height h (mm)."""
     lam, ph, w = rng.uniform(*lam, 2), rng.uniform(0, 2 * np.pi, 2), rng.dirichlet([2, 2])
     k = 2 * np.pi / lam
-    return (lambda h: amp * sum(w[i] * np.sin(k[i] * h + ph[i]) for i in range(2)),
-            lambda h: amp * sum(w[i] * k[i] * np.cos(k[i] * h + ph[i]) for i in range(2)))
+    return (
+        lambda h: amp * sum(w[i] * np.sin(k[i] * h + ph[i]) for i in range(2)),
+        lambda h: amp * sum(w[i] * k[i] * np.cos(k[i] * h + ph[i]) for i in range(2)),
+    )
 
 
 def _diameter_profile(rng, cover, h_bif, male, kind):
@@ -268,12 +294,14 @@ def _diameter_profile(rng, cover, h_bif, male, kind):
     d0 = float(np.clip(rng.normal(*((19.3, 1.8) if male else (16.7, 1.6))), 15.0, 24.0 - taper))
     base = lambda h: d0 + taper * (np.asarray(h) - h_bif) / (cover - h_bif)  # noqa: E731
     if kind == "normal":
-        return base, base, np.floor(cover * 2) / 2                        # the head-most slice
+        return base, base, np.floor(cover * 2) / 2  # the head-most slice
     peak = 30 + 50 * rng.beta(1.8, 3.2) if kind == "aneurysm" else rng.uniform(25.0, 29.5)
-    length = min(rng.uniform(40, 120), 2 * (cover - 120 - h_bif))        # infrarenal: sac ends >= 90 mm below top
+    length = min(rng.uniform(40, 120), 2 * (cover - 120 - h_bif))  # infrarenal: sac ends >= 90 mm below top
     hp = round(rng.uniform(h_bif + 30, min(h_bif + 110, cover - 90 - length / 2)) * 2) / 2
-    bulge = lambda h: base(h) + (peak - base(h)) * np.cos(  # noqa: E731
-        np.clip((np.asarray(h) - hp) / (length / 2), -1, 1) * np.pi / 2) ** 2
+
+    def bulge(h):
+        return base(h) + (peak - base(h)) * np.cos(np.clip((np.asarray(h) - hp) / (length / 2), -1, 1) * np.pi / 2) ** 2
+
     return base, bulge, hp
 
 
@@ -300,11 +328,18 @@ def render_study(rng: np.random.Generator, profile: ScannerProfile, kind: str, s
     vr, vc = rng.uniform(18, 22), b - rng.uniform(45, 55)
     shell = rng.uniform(2, 3)
     body = (
-        (_ellipse(0, 0, a, b), -100), (_ellipse(0, 0, a - fat, b - fat), 50), (_ellipse(0, 0, a_in, b_in), -90),
-        (_ellipse(-(vr + 14), vc + 4, 13, 19), 50), (_ellipse(vr + 14, vc + 4, 13, 19), 50),     # psoas
-        (_ellipse(-28, vc + vr + 8, 18, 12), 50), (_ellipse(28, vc + vr + 8, 18, 12), 50),       # erectors
-        (_circle(0, vc, vr), 800), (_circle(0, vc, vr - shell), rng.uniform(200, 250)),
-        (_ellipse(0, vc + vr + 10, 20, 9), 450), (_circle(0, vc + vr + 7, 6), 15))           # arch, canal
+        (_ellipse(0, 0, a, b), -100),
+        (_ellipse(0, 0, a - fat, b - fat), 50),
+        (_ellipse(0, 0, a_in, b_in), -90),
+        (_ellipse(-(vr + 14), vc + 4, 13, 19), 50),
+        (_ellipse(vr + 14, vc + 4, 13, 19), 50),  # psoas
+        (_ellipse(-28, vc + vr + 8, 18, 12), 50),
+        (_ellipse(28, vc + vr + 8, 18, 12), 50),  # erectors
+        (_circle(0, vc, vr), 800),
+        (_circle(0, vc, vr - shell), rng.uniform(200, 250)),
+        (_ellipse(0, vc + vr + 10, 20, 9), 450),
+        (_circle(0, vc + vr + 7, 6), 15),
+    )  # arch, canal
     # z geometry in mm: h = height above the caudal edge of the scan, z = z_lo + h
     cover = rng.uniform(220, 260)
     z_lo = round(rng.uniform(-320, -220) * 2) / 2
@@ -317,19 +352,46 @@ def render_study(rng: np.random.Generator, profile: ScannerProfile, kind: str, s
     # thrombus: HU, share of the sac it fills, lumen eccentricity and direction
     thr_hu, thr_frac, thr_ecc = rng.uniform(35, 50), rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.9)
     thr_dir = rng.uniform(0, 2 * np.pi)
-    calcs = []   # (h centre, half length, angle, n arc segments, radius, HU)
+    calcs = []  # (h centre, half length, angle, n arc segments, radius, HU)
     if rng.random() < np.clip((age - 50) / 30, 0, 0.9):
         for _ in range(rng.integers(2, 7)):
-            calcs.append((rng.uniform(h_bif, cover), rng.uniform(2.5, 10), rng.uniform(0, 2 * np.pi),
-                          int(rng.integers(1, 5)), rng.uniform(0.8, 1.6), rng.uniform(400, 1200)))
+            calcs.append(
+                (
+                    rng.uniform(h_bif, cover),
+                    rng.uniform(2.5, 10),
+                    rng.uniform(0, 2 * np.pi),
+                    int(rng.integers(1, 5)),
+                    rng.uniform(0.8, 1.6),
+                    rng.uniform(400, 1200),
+                )
+            )
     r_il, spread = rng.uniform(4.5, 6.5), rng.uniform(0.35, 0.6)
     u_kid = rng.random()
-    kidneys = [(s, cover - rng.uniform(40, 55) - (8 if s < 0 else 0), rng.uniform(45, 55),   # side, h, half length
-                rng.uniform(26, 30), rng.uniform(14, 17), s * (vr + rng.uniform(40, 50)),      # semi-axes, x
-                vc + rng.uniform(-5, 10), s * rng.uniform(0.3, 0.6)) for s in (1, -1)]         # y, rotation
-    bowel = [(rng.uniform(-(a_in - 25), a_in - 25), rng.uniform(-(b_in - 20), vc - vr - 25), rng.uniform(8, 20),
-              rng.uniform(5, 15), rng.uniform(60, 160, 2), rng.uniform(0, 2 * np.pi, 3),
-              -1000.0 if rng.random() < 0.4 else rng.uniform(10, 30)) for _ in range(rng.integers(6, 11))]
+    kidneys = [
+        (
+            s,
+            cover - rng.uniform(40, 55) - (8 if s < 0 else 0),
+            rng.uniform(45, 55),  # side, h, half length
+            rng.uniform(26, 30),
+            rng.uniform(14, 17),
+            s * (vr + rng.uniform(40, 50)),  # semi-axes, x
+            vc + rng.uniform(-5, 10),
+            s * rng.uniform(0.3, 0.6),
+        )
+        for s in (1, -1)
+    ]  # y, rotation
+    bowel = [
+        (
+            rng.uniform(-(a_in - 25), a_in - 25),
+            rng.uniform(-(b_in - 20), vc - vr - 25),
+            rng.uniform(8, 20),
+            rng.uniform(5, 15),
+            rng.uniform(60, 160, 2),
+            rng.uniform(0, 2 * np.pi, 3),
+            -1000.0 if rng.random() < 0.4 else rng.uniform(10, 30),
+        )
+        for _ in range(rng.integers(6, 11))
+    ]
     tort_x, tort_y = _wander(rng, 25.0, (150, 300)), _wander(rng, 40.0, (150, 300))
 
     # ---- sampling on the scanner's grid: no random draws from here until the noise
@@ -349,7 +411,7 @@ def render_study(rng: np.random.Generator, profile: ScannerProfile, kind: str, s
     dtx, dty = tau * tort_x[1](h), -tau * tort_y[1](h) / 2
     slope = np.where(aortic, np.hypot(dtx, dty), 0.0)
     phi, sec = np.arctan2(dty, dtx), np.sqrt(1 + slope**2)
-    ex = R * np.sqrt((sec * np.cos(phi)) ** 2 + np.sin(phi) ** 2)          # half extents of the oblique cut
+    ex = R * np.sqrt((sec * np.cos(phi)) ** 2 + np.sin(phi) ** 2)  # half extents of the oblique cut
     ey = R * np.sqrt((sec * np.sin(phi)) ** 2 + np.cos(phi) ** 2)
     ax = ax0 + wander_x(h) + tx
     ay = vc - vr - 3 - ey + ty
@@ -362,14 +424,17 @@ def render_study(rng: np.random.Generator, profile: ScannerProfile, kind: str, s
     for k in range(n):
         img = hu[k]
         img[:] = base_img
-        vessels = [(ax[k], ay[k], R[k], phi[k], sec[k])] if aortic[k] else \
-            [(ax[k] + s * il_dx[k], vc - vr - 3 - r_il, r_il, 0.0, 1.0) for s in (1, -1)]
+        vessels = (
+            [(ax[k], ay[k], R[k], phi[k], sec[k])]
+            if aortic[k]
+            else [(ax[k] + s * il_dx[k], vc - vr - 3 - r_il, r_il, 0.0, 1.0) for s in (1, -1)]
+        )
         for s, kh, hz, ka, kb, kx0, ky, th in kidneys:
             q = 1 - ((h[k] - kh) / hz) ** 2
             if q > 0:
                 sa, sb = ka * np.sqrt(q), kb * np.sqrt(q)
                 kex = np.hypot(sa * np.cos(th), sb * np.sin(th))
-                kx = s * max(abs(kx0), s * ax[k] + ex[k] + 10 + kex)   # >= 10 mm of fat from the aorta
+                kx = s * max(abs(kx0), s * ax[k] + ex[k] + 10 + kex)  # >= 10 mm of fat from the aorta
                 g.paint(img, _ellipse(kx, ky, sa, sb, th), kid_hu)
         for bx0, by0, r0, amp, lam, ph, content in bowel:
             bx = bx0 + amp * np.sin(2 * np.pi * h[k] / lam[0] + ph[0])
@@ -390,7 +455,7 @@ def render_study(rng: np.random.Generator, profile: ScannerProfile, kind: str, s
         if aortic[k]:
             for hc, hl, ang, nseg, rc, chu in calcs:
                 if abs(h[k] - hc) <= hl:
-                    rr = R[k] - rc - 0.3                       # inside the outer wall
+                    rr = R[k] - rc - 0.3  # inside the outer wall
                     for a_j in ang + 0.15 * np.arange(nseg):
                         dx, dy = _stretch(rr * np.cos(a_j), rr * np.sin(a_j), phi[k], sec[k])
                         g.paint(img, _tube(ax[k] + dx, ay[k] + dy, rc, phi[k], sec[k]), chu)
@@ -398,12 +463,21 @@ def render_study(rng: np.random.Generator, profile: ScannerProfile, kind: str, s
         hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(profile.noise_hu)
     k_max = int(np.argmax(D))
     return SyntheticStudy(
-        hu=hu, z_mm=z, pixel_spacing_mm=g.ps, origin_mm=(float(g.c[0]), float(g.c[0])), diameter_mm=D,
-        aorta_center_mm=np.where(aortic[:, None], np.stack([ax, ay], 1), np.nan), kind=kind, sex=sex, age=age,
-        max_diameter_mm=round(float(D[k_max]), 1), max_z_mm=float(z[k_max]),
+        hu=hu,
+        z_mm=z,
+        pixel_spacing_mm=g.ps,
+        origin_mm=(float(g.c[0]), float(g.c[0])),
+        diameter_mm=D,
+        aorta_center_mm=np.where(aortic[:, None], np.stack([ax, ay], 1), np.nan),
+        kind=kind,
+        sex=sex,
+        age=age,
+        max_diameter_mm=round(float(D[k_max]), 1),
+        max_z_mm=float(z[k_max]),
         aorta_tilt_deg=np.where(aortic, np.degrees(np.arctan(slope)), np.nan),
         aorta_direction=np.where(aortic[:, None], np.stack([dtx, dty, np.ones(n)], 1) / sec[:, None], np.nan),
-        slice_spacing_mm=profile.spacing_mm)
+        slice_spacing_mm=profile.spacing_mm,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- variants
@@ -434,15 +508,23 @@ ACQUISITION_VARIANTS: dict[str, dict] = {
     "nested": {"layout": "nested"},
     "noext": {"layout": "noext"},
     "localizer": {"extras": ("localizer", "thick", "secondary", "dose", "stray")},
-    "kitchen_sink": {"orientation": "flip_both", "feet_first": True, "file_order": "descending", "signed": True,
-                     "bits_stored": 13, "transfer_syntax": "jpegls", "pixel_padding": True, "layout": "nested",
-                     "extras": ("localizer", "thick", "secondary", "dose", "stray")},
+    "kitchen_sink": {
+        "orientation": "flip_both",
+        "feet_first": True,
+        "file_order": "descending",
+        "signed": True,
+        "bits_stored": 13,
+        "transfer_syntax": "jpegls",
+        "pixel_padding": True,
+        "layout": "nested",
+        "extras": ("localizer", "thick", "secondary", "dose", "stray"),
+    },
     # same anatomy sampled differently (slice grid or pixel spacing): compare after resampling
     "thin_1mm": {"slice_thickness_mm": 1.25, "slice_spacing_mm": 1.25},
     "thick_5mm": {"slice_thickness_mm": 5.0, "slice_spacing_mm": 5.0},
     "overlap": {"slice_thickness_mm": 5.0, "slice_spacing_mm": 2.5},
     "gap": {"slice_thickness_mm": 1.25, "slice_spacing_mm": 2.5},
-    "fov_small": {"fov_mm": 345.0},   # the widest synthetic body (about 340 mm) still fits
+    "fov_small": {"fov_mm": 345.0},  # the widest synthetic body (about 340 mm) still fits
     "fov_large": {"fov_mm": 440.0},
 }
 RESAMPLED_VARIANTS = ("thin_1mm", "thick_5mm", "overlap", "gap", "fov_small", "fov_large")
@@ -453,8 +535,14 @@ def variant_profile(variant: str | dict, base: ScannerProfile = VARIANT_BASE) ->
     return replace(base, **(ACQUISITION_VARIANTS[variant] if isinstance(variant, str) else variant))
 
 
-def write_variant(folder: Path, seed: int, variant: str | dict, base: ScannerProfile = VARIANT_BASE,
-                  kind: str = "aneurysm", sex: str = "M") -> StudyTruth:
+def write_variant(
+    folder: Path,
+    seed: int,
+    variant: str | dict,
+    base: ScannerProfile = VARIANT_BASE,
+    kind: str = "aneurysm",
+    sex: str = "M",
+) -> StudyTruth:
     """Render the patient of ``np.random.default_rng(seed)`` under ``variant`` and write it as the study
     folder ``folder``. The same seed gives the same anatomy under every variant (and, with noise 0 and
     the same pixel/slice grid, the same HU)."""
@@ -490,7 +578,8 @@ def _is_complete(site: Path, meta: dict) -> bool:
     except (OSError, ValueError):
         return False
     return len(rows) == meta["spec"]["n_studies"] and all(
-        (site / r["path"]).is_dir() and any((site / r["path"]).iterdir()) for r in rows)
+        (site / r["path"]).is_dir() and any((site / r["path"]).iterdir()) for r in rows
+    )
 
 
 def _write_csv(path: Path, columns, rows) -> None:
@@ -502,16 +591,21 @@ def _write_csv(path: Path, columns, rows) -> None:
     os.replace(tmp, path)
 
 
-def write_site(root: Path, spec: SiteSpec, splits=(0.7, 0.15, 0.15), *,
-               progress: Callable[[str], None] | None = None) -> Path:
+def write_site(
+    root: Path, spec: SiteSpec, splits=(0.7, 0.15, 0.15), *, progress: Callable[[str], None] | None = None
+) -> Path:
     """Write ``root/spec.name`` (manifest.csv, truth.csv, studies/<id>/...) and return that folder.
 
     Prevalence is exact up to rounding; negatives are ~70% normal / ~30% ectatic; the split is stratified by
     ``aaa``. Deterministic in ``spec.seed``. A folder already complete for the same spec is reused untouched;
     otherwise its previous output is removed and rewritten."""
     site = Path(root) / spec.name
-    meta = json.loads(json.dumps({"generator": GENERATOR_VERSION, "spec": asdict(spec),
-                                  "splits": [float(s) for s in splits]}, default=lambda o: o.item()))
+    meta = json.loads(
+        json.dumps(
+            {"generator": GENERATOR_VERSION, "spec": asdict(spec), "splits": [float(s) for s in splits]},
+            default=lambda o: o.item(),
+        )
+    )
     if _is_complete(site, meta):
         if progress:
             progress(f"{spec.name}: reusing {site}")
@@ -539,17 +633,24 @@ def write_site(root: Path, spec: SiteSpec, splits=(0.7, 0.15, 0.15), *,
         if progress:
             progress(f"{spec.name}: study {i + 1}/{n}")
     split = _split(np.array([t.aaa for t in truths]), splits, rng)
-    _write_csv(site / "truth.csv", TRUTH_COLUMNS, [
-        (t.study_id, t.kind, t.sex, t.aaa, f"{t.max_diameter_mm:.1f}", f"{t.max_z_mm:.2f}") for t in truths])
-    _write_csv(site / "manifest.csv", MANIFEST_COLUMNS, [
-        (t.study_id, f"studies/{t.study_id}", t.aaa, f"{t.max_diameter_mm:.1f}", s, t.sex)
-        for t, s in zip(truths, split)])
+    _write_csv(
+        site / "truth.csv",
+        TRUTH_COLUMNS,
+        [(t.study_id, t.kind, t.sex, t.aaa, f"{t.max_diameter_mm:.1f}", f"{t.max_z_mm:.2f}") for t in truths],
+    )
+    _write_csv(
+        site / "manifest.csv",
+        MANIFEST_COLUMNS,
+        [
+            (t.study_id, f"studies/{t.study_id}", t.aaa, f"{t.max_diameter_mm:.1f}", s, t.sex)
+            for t, s in zip(truths, split)
+        ],
+    )
     (site / ".synth.json").write_text(json.dumps(meta, indent=1))
     return site
 
 
-def write_federation(root: Path, sites: list[SiteSpec],
-                     progress: Callable[[str], None] | None = None) -> list[Path]:
+def write_federation(root: Path, sites: list[SiteSpec], progress: Callable[[str], None] | None = None) -> list[Path]:
     """Write (or reuse) every site folder under ``root``; returns the site folders in order."""
     names = [s.name for s in sites]
     if len(set(names)) != len(names):

@@ -28,6 +28,7 @@ geometry; ``dose`` an X-Ray Radiation Dose SR (Modality SR, no pixel data); ``st
 and an empty but valid DICOMDIR (Media Storage Directory) in the study folder. Series numbers: localizer 1,
 primary 2 with a localizer (else 1), thick 3, screenshot 998, dose report 999.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,17 +39,32 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import (CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                         JPEG2000Lossless, JPEGLSLossless, RLELossless, SecondaryCaptureImageStorage, generate_uid)
+from pydicom.uid import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 from pydicom.valuerep import DSfloat
 
 if TYPE_CHECKING:
-    from simulations.synth import ScannerProfile, SyntheticStudy
+    from fedaaa.simulations.synth import ScannerProfile, SyntheticStudy
 
-DOSE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.67"      # X-Ray Radiation Dose SR Storage
+DOSE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.67"  # X-Ray Radiation Dose SR Storage
 MEDIA_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
-_SYNTAX = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian, "rle": RLELossless,
-           "jpeg2000": JPEG2000Lossless, "jpegls": JPEGLSLossless, "enhanced": ExplicitVRLittleEndian}
+_SYNTAX = {
+    "explicit": ExplicitVRLittleEndian,
+    "implicit": ImplicitVRLittleEndian,
+    "rle": RLELossless,
+    "jpeg2000": JPEG2000Lossless,
+    "jpegls": JPEGLSLossless,
+    "enhanced": ExplicitVRLittleEndian,
+}
 _PHASE_TEXT = {"arterial": "Abdomen arterial", "portal": "Abdomen portal venous", "none": "Abdomen non-contrast"}
 
 
@@ -90,13 +106,13 @@ def _oriented(px, z, ps, origin, spacing, orientation, feet_first):
         y = y0 + np.arange(m) * ps
         ipp = np.stack([np.full(m, x0), y, np.full(m, z[0])], 1)
         return px.transpose(1, 0, 2), ipp, [1, 0, 0, 0, 0, -1], [spacing, ps], ps, np.arange(m) + 1, y
-    rev_c = orientation in ("flip_rows", "flip_both")       # row direction -x: columns reversed
-    rev_r = orientation in ("flip_cols", "flip_both")       # column direction -y: rows reversed
+    rev_c = orientation in ("flip_rows", "flip_both")  # row direction -x: columns reversed
+    rev_r = orientation in ("flip_cols", "flip_both")  # column direction -y: rows reversed
     far = x0 + (m - 1) * ps
     ipp = np.stack([np.full(n, far if rev_c else x0), np.full(n, far if rev_r else y0), z], 1)
     iop = [-1 if rev_c else 1, 0, 0, 0, -1 if rev_r else 1, 0]
     inst = n - np.arange(n) if feet_first else np.arange(n) + 1
-    return px[:, ::-1 if rev_r else 1, ::-1 if rev_c else 1], ipp, iop, [ps, ps], spacing, inst, z
+    return px[:, :: -1 if rev_r else 1, :: -1 if rev_c else 1], ipp, iop, [ps, ps], spacing, inst, z
 
 
 def _ranks(order: str, n: int, rng) -> np.ndarray:
@@ -188,7 +204,7 @@ def _write_enhanced(ds, images, ipp, iop, spacing_rc, spacing, thickness, inst, 
         item = Dataset()
         item.DimensionOrganizationUID = dim_uid
         item.DimensionIndexPointer = pointer
-        item.FunctionalGroupPointer = 0x00209111                # FrameContentSequence
+        item.FunctionalGroupPointer = 0x00209111  # FrameContentSequence
         item.DimensionDescriptionLabel = label
         ds.DimensionIndexSequence.append(item)
     shared = Dataset()
@@ -226,6 +242,7 @@ def _write_enhanced(ds, images, ipp, iop, spacing_rc, spacing, thickness, inst, 
 
 def _dose_sr(ds: Dataset, profile, coverage_mm: float) -> None:
     """Minimal CT radiation dose report content (TID 10011): CTDIvol and DLP, derived from kVp and coverage."""
+
     def code(value, meaning, scheme="DCM"):
         c = Dataset()
         c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning = value, scheme, meaning
@@ -261,10 +278,16 @@ def _dose_sr(ds: Dataset, profile, coverage_mm: float) -> None:
     proc.ConceptCodeSequence = code("P5-08000", "Computed Tomography X-Ray", "SRT")
     ds.ContentSequence = [
         proc,
-        container("113811", "CT Accumulated Dose Data", [
-            num("113812", "Total Number of Irradiation Events", 1, "{events}"),
-            num("113813", "CT Dose Length Product Total", ctdi * coverage_mm / 10, "mGy.cm")]),
-        container("113819", "CT Acquisition", [num("113830", "Mean CTDIvol", ctdi, "mGy")])]
+        container(
+            "113811",
+            "CT Accumulated Dose Data",
+            [
+                num("113812", "Total Number of Irradiation Events", 1, "{events}"),
+                num("113813", "CT Dose Length Product Total", ctdi * coverage_mm / 10, "mGy.cm"),
+            ],
+        ),
+        container("113819", "CT Acquisition", [num("113830", "Mean CTDIvol", ctdi, "mGy")]),
+    ]
 
 
 _DS_STORE = b"\x00\x00\x00\x01Bud1" + bytes(range(256)) * 8
@@ -286,8 +309,9 @@ def _write_stray(folder: Path, study_id: str, uid) -> None:
     _save(ds, folder / "DICOMDIR")
 
 
-def write_study(folder: Path, study: SyntheticStudy, profile: ScannerProfile, study_id: str,
-                rng: np.random.Generator) -> None:
+def write_study(
+    folder: Path, study: SyntheticStudy, profile: ScannerProfile, study_id: str, rng: np.random.Generator
+) -> None:
     """Write ``study`` into the study folder ``folder`` as ``profile``'s scanner exports it (module docstring).
     UIDs derive from ``rng`` and ``study_id``; everything is deterministic in the state of ``rng``."""
     folder = Path(folder)
@@ -300,17 +324,22 @@ def write_study(folder: Path, study: SyntheticStudy, profile: ScannerProfile, st
     extras, enhanced = set(profile.extras), profile.transfer_syntax == "enhanced"
     syntax = _SYNTAX[profile.transfer_syntax]
     images, ipp, iop, spacing_rc, between, inst, loc = _oriented(
-        px, z, ps, study.origin_mm, spacing, profile.orientation, profile.feet_first)
+        px, z, ps, study.origin_mm, spacing, profile.orientation, profile.feet_first
+    )
     primary = 2 if "localizer" in extras else 1
     counts = {primary: 1 if enhanced else len(images)}
     n_thick = len(z) // 2 if "thick" in extras else 0
-    for no, n in ((1, 2 * ("localizer" in extras)), (3, n_thick), (998, int("secondary" in extras)),
-                  (999, int("dose" in extras))):
+    for no, n in (
+        (1, 2 * ("localizer" in extras)),
+        (3, n_thick),
+        (998, int("secondary" in extras)),
+        (999, int("dose" in extras)),
+    ):
         if n:
             counts[no] = n
     paths = _file_paths(folder, profile, counts, rng)
 
-    common = Dataset()                                   # patient, study, equipment: shared by every file
+    common = Dataset()  # patient, study, equipment: shared by every file
     common.SpecificCharacterSet = "ISO_IR 100"
     common.StudyDate = common.SeriesDate = common.ContentDate = date
     common.StudyTime = common.SeriesTime = common.ContentTime = "120000"
@@ -344,15 +373,17 @@ def write_study(folder: Path, study: SyntheticStudy, profile: ScannerProfile, st
         return ds
 
     # primary series
-    image_type = ["DERIVED", "PRIMARY", "REFORMATTED"] if profile.orientation == "coronal" else \
-        ["ORIGINAL", "PRIMARY", "AXIAL"]
+    image_type = (
+        ["DERIVED", "PRIMARY", "REFORMATTED"] if profile.orientation == "coronal" else ["ORIGINAL", "PRIMARY", "AXIAL"]
+    )
     ds = ct(primary, _PHASE_TEXT[profile.phase], image_type)
     thickness = ps if profile.orientation == "coronal" else profile.slice_thickness_mm
     _image_pixel(ds, *images.shape[1:], profile)
     if enhanced:
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = EnhancedCTImageStorage
-        _write_enhanced(ds, images, ipp, iop, spacing_rc, between, thickness, inst, image_type,
-                        paths[primary][0], uid, intercept)
+        _write_enhanced(
+            ds, images, ipp, iop, spacing_rc, between, thickness, inst, image_type, paths[primary][0], uid, intercept
+        )
     else:
         ds.SliceThickness, ds.SpacingBetweenSlices = _ds(thickness), _ds(between)
         ds.ImageOrientationPatient = iop
@@ -361,27 +392,32 @@ def write_study(folder: Path, study: SyntheticStudy, profile: ScannerProfile, st
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = intercept, 1, "HU"
         _write_slices(ds, images, ipp, inst, loc, paths[primary], uid, "image", syntax)
 
-    if "localizer" in extras:                            # AP and lateral projections of the whole volume
+    if "localizer" in extras:  # AP and lateral projections of the whole volume
         ds = ct(1, "Topogram", ["ORIGINAL", "PRIMARY", "LOCALIZER"])
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         att = np.clip(study.hu + 1000.0, 0, None)
-        views = [(np.clip(np.rint(att.mean(axis=a) * 4), 0, 4095).astype(np.uint16), iop_, pos)
-                 for a, iop_, pos in ((1, [1, 0, 0, 0, 0, -1], (study.origin_mm[0], 0.0, z[0])),
-                                      (2, [0, 1, 0, 0, 0, -1], (0.0, study.origin_mm[1], z[0])))]
+        views = [
+            (np.clip(np.rint(att.mean(axis=a) * 4), 0, 4095).astype(np.uint16), iop_, pos)
+            for a, iop_, pos in (
+                (1, [1, 0, 0, 0, 0, -1], (study.origin_mm[0], 0.0, z[0])),
+                (2, [0, 1, 0, 0, 0, -1], (0.0, study.origin_mm[1], z[0])),
+            )
+        ]
         _image_pixel(ds, *views[0][0].shape)
         ds.PixelSpacing = [_ds(spacing), _ds(ps)]
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
         for i, (img, iop_, pos) in enumerate(views):
             ds.ImageOrientationPatient = iop_
             _write_slices(ds, [img], [pos], [i + 1], [0.0], paths[1], uid, f"localizer{i}", ExplicitVRLittleEndian)
-    if n_thick:                                          # a thicker axial reconstruction: pairs averaged
+    if n_thick:  # a thicker axial reconstruction: pairs averaged
         pairs = slice(0, 2 * n_thick)
         hu2 = (study.hu[pairs][0::2] + study.hu[pairs][1::2]) / 2
         z2 = (z[pairs][0::2] + z[pairs][1::2]) / 2
         px2 = encode_pixels(hu2, profile)[0]
         orient = "standard" if profile.orientation == "coronal" else profile.orientation
-        im2, ipp2, iop2, _, _, inst2, loc2 = _oriented(px2, z2, ps, study.origin_mm, 2 * spacing, orient,
-                                                       profile.feet_first)
+        im2, ipp2, iop2, _, _, inst2, loc2 = _oriented(
+            px2, z2, ps, study.origin_mm, 2 * spacing, orient, profile.feet_first
+        )
         syntax2 = ExplicitVRLittleEndian if enhanced else syntax
         ds = ct(3, _PHASE_TEXT[profile.phase] + " thick", ["ORIGINAL", "PRIMARY", "AXIAL"])
         ds.file_meta.TransferSyntaxUID = syntax2
@@ -391,7 +427,7 @@ def write_study(folder: Path, study: SyntheticStudy, profile: ScannerProfile, st
         ds.WindowCenter, ds.WindowWidth = 40, 400
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = intercept, 1, "HU"
         _write_slices(ds, im2, ipp2, inst2, loc2, paths[3], uid, "thick", syntax2)
-    if "secondary" in extras:                            # a workstation screenshot of the largest slice
+    if "secondary" in extras:  # a workstation screenshot of the largest slice
         ds = _new(common, SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
         ds.ImageType = ["DERIVED", "SECONDARY", "SCREEN SAVE"]
         ds.ConversionType = "WSD"
@@ -399,7 +435,7 @@ def write_study(folder: Path, study: SyntheticStudy, profile: ScannerProfile, st
         ds.SeriesInstanceUID, ds.SeriesNumber = uid("series", 998), 998
         grey = np.clip((study.hu[int(np.argmax(study.diameter_mm))] - 40 + 200) / 400 * 255, 0, 255)
         rgb = np.repeat(np.rint(grey).astype(np.uint8)[..., None], 3, axis=2)
-        rgb[: max(2, len(rgb) // 16), :, 1:] = 0                          # a red burned-in banner
+        rgb[: max(2, len(rgb) // 16), :, 1:] = 0  # a red burned-in banner
         ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
         ds.Rows, ds.Columns = rgb.shape[:2]
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
@@ -418,4 +454,3 @@ def write_study(folder: Path, study: SyntheticStudy, profile: ScannerProfile, st
         _save(ds, paths[999][0])
     if "stray" in extras:
         _write_stray(folder, study_id, uid)
-

@@ -1,4 +1,5 @@
 """Shared fixtures: small but real synthetic hospitals written as DICOM, made once per test session."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
 
-from simulations.synth import ScannerProfile, SiteSpec, write_site  # noqa: E402
+from fedaaa.simulations.synth import ScannerProfile, SiteSpec, write_site  # noqa: E402
 
 SMALL = ScannerProfile(name="small", matrix=96, fov_mm=380.0, slice_thickness_mm=5.0, noise_hu=10.0)
 

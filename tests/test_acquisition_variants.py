@@ -7,6 +7,7 @@ noise. Variants on the reference grid must give identical volumes; resampled one
 voxel tolerance after preprocessing; and a model that has learned to measure must give diameters within
 2 mm of each other for all of them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,13 +17,13 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from common.config import PREPROCESS
-from common.dicom_io import read_study
-from common.model import AAANet
-from common.preprocess import InputCache, volume_to_input
-from common.site import Site
-from common.training import TrainSettings, predict_batch, predict_dataset, train_local
-from simulations.synth import ACQUISITION_VARIANTS, RESAMPLED_VARIANTS, write_site, write_variant
+from fedaaa.common.config import PREPROCESS
+from fedaaa.common.dicom_io import read_study
+from fedaaa.common.model import AAANet
+from fedaaa.common.preprocess import InputCache, volume_to_input
+from fedaaa.common.site import Site
+from fedaaa.common.training import TrainSettings, predict_batch, predict_dataset, train_local
+from fedaaa.simulations.synth import ACQUISITION_VARIANTS, RESAMPLED_VARIANTS, write_site, write_variant
 from tests.conftest import small_site
 
 SEED = 5
@@ -77,14 +78,20 @@ def test_resampled_variants_agree_within_voxel_tolerance(variants, reference, na
 def measuring_model(tmp_path_factory) -> AAANet:
     """A network trained (pooled, 18 epochs on 48 studies) until it measures diameters."""
     root = tmp_path_factory.mktemp("pooled")
-    sites = [write_site(root, small_site("pool-a", 24, seed=21)),
-             write_site(root, small_site("pool-b", 24, seed=22, contrast=False, signed=True, slice_thickness_mm=3.0))]
+    sites = [
+        write_site(root, small_site("pool-a", 24, seed=21)),
+        write_site(root, small_site("pool-b", 24, seed=22, contrast=False, signed=True, slice_thickness_mm=3.0)),
+    ]
     cache = InputCache(PREPROCESS, root / "cache")
-    parts = [Site(s).load(split, PREPROCESS, cache, workers=2).data for s in sites for split in ("train", "val", "test")]
+    parts = [
+        Site(s).load(split, PREPROCESS, cache, workers=2).data for s in sites for split in ("train", "val", "test")
+    ]
     data = TensorDataset(*(torch.cat([p.tensors[i] for p in parts]) for i in range(3)))
     torch.manual_seed(0)
     model = AAANet()
-    train_local(model, data, TrainSettings(local_epochs=18, batch_size=8, learning_rate=1e-3, seed=0), torch.device("cpu"))
+    train_local(
+        model, data, TrainSettings(local_epochs=18, batch_size=8, learning_rate=1e-3, seed=0), torch.device("cpu")
+    )
     _, diam = predict_dataset(model, data, torch.device("cpu"))
     truth = data.tensors[2].numpy()
     r = np.corrcoef(diam, truth)[0, 1]

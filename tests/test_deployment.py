@@ -1,4 +1,5 @@
 """A real deployment on loopback: a SuperLink, two SuperNodes whose site folders arrive through node config."""
+
 from __future__ import annotations
 
 import os
@@ -6,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.model import load_model
-from common.site import Site
-from simulations.federation import free_port, stop_process_tree, wait_for_port, write_app_dir
+from fedaaa.common.model import load_model
+from fedaaa.common.site import Site
+from fedaaa.simulations.federation import free_port, stop_process_tree, wait_for_port, write_app_dir
 
 BIN = Path(sys.executable).parent
 
@@ -24,19 +25,41 @@ def test_superlink_and_two_supernodes_train_a_round(tiny_federation, cache_dir, 
     port = free_port()
     started: list[tuple[subprocess.Popen, str]] = []
     try:
-        link = _start([str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-                       "--host", "127.0.0.1", "--port", str(port)], tmp_path / "link", tmp_path / "superlink.log")
+        link = _start(
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            tmp_path / "link",
+            tmp_path / "superlink.log",
+        )
         started.append((link, f"127.0.0.1:{port}"))
         wait_for_port(port, link, tmp_path / "superlink.log")
         # node 0 starts with an empty cache and decodes in 2 spawned worker processes inside its ClientApp
-        node_config = [f'data-path="{tiny_federation[0]}" cache-dir="{tmp_path / "node0-cache"}" decode-workers=2',
-                       f'data-path="{tiny_federation[1]}" cache-dir="{cache_dir}"']
-        for i, site in enumerate(tiny_federation):
+        node_config = [
+            f'data-path="{tiny_federation[0]}" cache-dir="{tmp_path / "node0-cache"}" decode-workers=2',
+            f'data-path="{tiny_federation[1]}" cache-dir="{cache_dir}"',
+        ]
+        for i in range(len(tiny_federation)):
             node_port = free_port()
             node = _start(
-                [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(node_port),
-                 "--node-config", node_config[i]],
-                tmp_path / f"node{i}", tmp_path / f"node{i}.log",
+                [
+                    str(BIN / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{port}",
+                    "--port",
+                    str(node_port),
+                    "--node-config",
+                    node_config[i],
+                ],
+                tmp_path / f"node{i}",
+                tmp_path / f"node{i}.log",
             )
             started.append((node, f"127.0.0.1:{node_port}"))
         (tmp_path / "link" / "config.toml").write_text(
@@ -45,9 +68,19 @@ def test_superlink_and_two_supernodes_train_a_round(tiny_federation, cache_dir, 
         out = tmp_path / "out"
         env = dict(os.environ, FLWR_HOME=str(tmp_path / "link"), FLWR_TELEMETRY_ENABLED="0")
         run = subprocess.run(
-            [str(BIN / "flwr"), "run", str(write_app_dir(tmp_path / "app")), "test", "--stream",
-             "--run-config", f'num-server-rounds=1 local-epochs=1 output-dir="{out}"'],
-            capture_output=True, text=True, env=env, timeout=400,
+            [
+                str(BIN / "flwr"),
+                "run",
+                str(write_app_dir(tmp_path / "app")),
+                "test",
+                "--stream",
+                "--run-config",
+                f'num-server-rounds=1 local-epochs=1 output-dir="{out}"',
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=400,
         )
         assert (out / "global_model.safetensors").is_file(), run.stdout[-3000:]
     finally:

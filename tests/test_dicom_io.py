@@ -1,4 +1,5 @@
 """Reading a study: geometry, HU, file order, and clear refusals."""
+
 from __future__ import annotations
 
 import random
@@ -10,10 +11,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from common.dicom_io import read_study
-from common.nifti_io import write_nifti
-from common.errors import StudyError
-from common.site import Site
+from fedaaa.common.dicom_io import read_study
+from fedaaa.common.errors import StudyError
+from fedaaa.common.nifti_io import write_nifti
+from fedaaa.common.site import Site
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +76,22 @@ def test_signed_storage_reads_to_same_hu_scale(tiny_federation):
     [
         (lambda files: [f.unlink() for f in files[1:]], "only 1 CT slice"),
         (lambda files: [f.unlink() for f in files[3:7]], "4 missing slices"),
-        (lambda files: [_set(f, Modality="MR", SOPClassUID="1.2.840.10008.5.1.4.1.1.4") for f in files], "no CT image series (found modality MR)"),
-        (lambda files: _set(files[2], ImagePositionPatient=list(pydicom.dcmread(files[1]).ImagePositionPatient)), "same position"),
+        (
+            lambda files: [_set(f, Modality="MR", SOPClassUID="1.2.840.10008.5.1.4.1.1.4") for f in files],
+            "no CT image series (found modality MR)",
+        ),
+        (
+            lambda files: _set(files[2], ImagePositionPatient=list(pydicom.dcmread(files[1]).ImagePositionPatient)),
+            "same position",
+        ),
     ],
     ids=["single-slice", "missing-slices", "mr-series", "duplicated-slice"],
 )
 def test_unusable_series_are_refused_with_a_reason(study, tmp_path, mutate, message):
     folder = _copy(study, tmp_path / "s")
-    files = sorted(folder.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+    files = sorted(
+        folder.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+    )
     mutate(files)
     with pytest.raises(StudyError) as err:
         read_study(folder)
@@ -111,7 +120,9 @@ def test_empty_folder_and_random_bytes(tmp_path):
 
 
 def _sorted_files(folder: Path) -> list[Path]:
-    return sorted(folder.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+    return sorted(
+        folder.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+    )
 
 
 def test_one_missing_slice_is_interpolated_with_a_warning(study, tmp_path):

@@ -1,4 +1,5 @@
 """The federation: what a hospital sends, a real 2-site Flower simulation, and predict on its model."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,10 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from client import app as client_app
-from common.config import RunSettings
-from common.model import AAANet, load_model
-from simulations.federation import run_local_federation
+from fedaaa.client import app as client_app
+from fedaaa.common.config import RunSettings
+from fedaaa.common.model import AAANet, load_model
+from fedaaa.simulations.federation import run_local_federation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,18 +58,28 @@ def _context(site: Path, cache: Path) -> Context:
 
 def test_client_sends_only_weights_and_whitelisted_scalars(tiny_federation, cache_dir):
     model = AAANet()
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1, "learning-rate": 1e-3})})
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1, "learning-rate": 1e-3})}
+    )
     msg = Message(content=content, dst_node_id=7, message_type="train")
     reply = client_app.train(msg, _context(tiny_federation[0], cache_dir))
     metrics = dict(reply.content["metrics"])
     assert set(metrics) <= client_app.TRAIN_KEYS
-    n_train = sum(1 for line in (tiny_federation[0] / "manifest.csv").read_text().splitlines() if line.endswith(("train,M", "train,F")))
+    n_train = sum(
+        1
+        for line in (tiny_federation[0] / "manifest.csv").read_text().splitlines()
+        if line.endswith(("train,M", "train,F"))
+    )
     assert metrics["num-examples"] == n_train  # examples, not batches
     new = reply.content["arrays"].to_torch_state_dict()
     assert set(new) == set(model.state_dict())
     assert any(not torch.equal(new[k], v) for k, v in model.state_dict().items())  # it trained
 
-    eval_msg = Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}), dst_node_id=7, message_type="evaluate")
+    eval_msg = Message(
+        content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}),
+        dst_node_id=7,
+        message_type="evaluate",
+    )
     stats = dict(client_app.evaluate(eval_msg, _context(tiny_federation[0], cache_dir)).content["metrics"])
     assert set(stats) <= client_app.EVALUATE_KEYS
     assert stats["tp"] + stats["fp"] + stats["tn"] + stats["fn"] == stats["num-examples"]
@@ -81,12 +92,16 @@ def test_client_skips_a_broken_study_and_trains_on(tiny_federation, tmp_path):
 
     site = tmp_path / "site"
     shutil.copytree(tiny_federation[0], site)
-    train_row = next(l for l in (site / "manifest.csv").read_text().splitlines() if ",train," in l)
+    train_row = next(row for row in (site / "manifest.csv").read_text().splitlines() if ",train," in row)
     study = site / train_row.split(",")[1]
     for f in study.iterdir():
         f.write_bytes(b"garbage")
     client_app._LOADED.clear()
-    msg = Message(content=RecordDict({"arrays": ArrayRecord(AAANet().state_dict()), "config": ConfigRecord({"server-round": 1})}), dst_node_id=7, message_type="train")
+    msg = Message(
+        content=RecordDict({"arrays": ArrayRecord(AAANet().state_dict()), "config": ConfigRecord({"server-round": 1})}),
+        dst_node_id=7,
+        message_type="train",
+    )
     metrics = dict(client_app.train(msg, _context(site, tmp_path / "cache")).content["metrics"])
     assert metrics["skipped-studies"] == 1 and metrics["num-examples"] >= 1
     client_app._LOADED.clear()
@@ -141,7 +156,9 @@ def test_predict_answers_in_order_and_refuses_bad_inputs(federation_run, tiny_fe
         ds.Modality = "MR"
         ds.save_as(f)
 
-    res = _fedaaa("predict", str(good), str(empty), str(junk), str(mr), "--model", str(out / "global_model.safetensors"), "--json")
+    res = _fedaaa(
+        "predict", str(good), str(empty), str(junk), str(mr), "--model", str(out / "global_model.safetensors"), "--json"
+    )
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     answers = [json.loads(line) for line in res.stdout.splitlines()]
@@ -154,7 +171,11 @@ def test_predict_answers_in_order_and_refuses_bad_inputs(federation_run, tiny_fe
     assert "modality MR" in answers[3]["error"]
 
     only_good = _fedaaa("predict", str(good), "--model", str(out / "global_model.safetensors"))
-    assert only_good.returncode == 0 and "maximum diameter" in only_good.stdout and "not a medical device" in only_good.stdout
+    assert (
+        only_good.returncode == 0
+        and "maximum diameter" in only_good.stdout
+        and "not a medical device" in only_good.stdout
+    )
 
 
 def test_cli_errors_are_one_line(tmp_path):

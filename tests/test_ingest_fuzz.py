@@ -6,6 +6,7 @@ files truncated, byte ranges overwritten, slices deleted -- and checks that ``re
 sane :class:`CTVolume` (finite float32 HU, RAS affine, accepted by the model's preprocessing) or raises
 :class:`StudyError` whose message is one line. Any other exception fails the test.
 """
+
 from __future__ import annotations
 
 import struct
@@ -27,20 +28,37 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from common.dicom_io import CTVolume, read_study
-from common.errors import StudyError
-from common.preprocess import PreprocessSettings, volume_to_input
+from fedaaa.common.dicom_io import CTVolume, read_study
+from fedaaa.common.errors import StudyError
+from fedaaa.common.preprocess import PreprocessSettings, volume_to_input
 
 N_SLICES, MATRIX, SPACING_MM, PIXEL_MM = 10, 32, 8.0, 10.0  # 320 mm field of view, 72 mm of z coverage
 SETTINGS = PreprocessSettings()
-INFO_KEYS = {"n_slices", "slice_spacing_mm", "pixel_spacing_mm", "slice_thickness_mm", "manufacturer", "contrast",
-             "transfer_syntax", "series", "skipped_series", "skipped_files", "warnings", "format"}
+INFO_KEYS = {
+    "n_slices",
+    "slice_spacing_mm",
+    "pixel_spacing_mm",
+    "slice_thickness_mm",
+    "manufacturer",
+    "contrast",
+    "transfer_syntax",
+    "series",
+    "skipped_series",
+    "skipped_files",
+    "warnings",
+    "format",
+}
 
 
 def fuzz(n: int):
     """Hypothesis settings: ``n`` examples, reproducible (derandomized, no example database)."""
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
 
 
 # ------------------------------------------------------------------------------ the valid series
@@ -111,8 +129,9 @@ def _materialise(files: dict[str, bytes], folder: Path) -> Path:
 
 def _slice_order(files: dict[str, bytes]) -> list[str]:
     """File names sorted by z (slice 0 = most caudal)."""
-    z = {n: float(pydicom.dcmread(BytesIO(b), stop_before_pixels=True).ImagePositionPatient[2])
-         for n, b in files.items()}
+    z = {
+        n: float(pydicom.dcmread(BytesIO(b), stop_before_pixels=True).ImagePositionPatient[2]) for n, b in files.items()
+    }
     return sorted(z, key=z.get)
 
 
@@ -166,8 +185,29 @@ _CONTROL = st.text(st.sampled_from(list("AB1.\\ \n\r\t\0\x1b")), max_size=12)
 _NUMBERS = st.one_of(
     st.integers(-(2**31), 2**31).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.sampled_from(["0", "-0", "-1", "1e400", "-1e400", "nan", "inf", "-inf", "1e-300", "65536", "4e9",
-                     "", " ", "abc", "1,5", "0x10", "1.2.3", "+", "١٢"]),
+    st.sampled_from(
+        [
+            "0",
+            "-0",
+            "-1",
+            "1e400",
+            "-1e400",
+            "nan",
+            "inf",
+            "-inf",
+            "1e-300",
+            "65536",
+            "4e9",
+            "",
+            " ",
+            "abc",
+            "1,5",
+            "0x10",
+            "1.2.3",
+            "+",
+            "١٢",
+        ]
+    ),
 )
 _DS_VALUES = st.one_of(
     st.lists(_NUMBERS, min_size=0, max_size=8).map("\\".join),
@@ -184,42 +224,108 @@ _SS_VALUES = st.one_of(
     st.binary(max_size=5),
 )
 _CS_VALUES = st.one_of(
-    st.sampled_from(["CT", "MR", "ct", "", "OT", "SR", "RTDOSE", "MONOCHROME1", "MONOCHROME2", "RGB",
-                     "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422", "ORIGINAL\\PRIMARY\\AXIAL",
-                     "ORIGINAL\\PRIMARY\\LOCALIZER", "DERIVED\\SECONDARY", "DERIVED\\PRIMARY\\AXIAL\\JP2K",
-                     "ISO_IR 192", "ISO 2022 IR 87", "GB18030", "\\\\\\", "A" * 200]),
+    st.sampled_from(
+        [
+            "CT",
+            "MR",
+            "ct",
+            "",
+            "OT",
+            "SR",
+            "RTDOSE",
+            "MONOCHROME1",
+            "MONOCHROME2",
+            "RGB",
+            "PALETTE COLOR",
+            "YBR_FULL",
+            "YBR_FULL_422",
+            "ORIGINAL\\PRIMARY\\AXIAL",
+            "ORIGINAL\\PRIMARY\\LOCALIZER",
+            "DERIVED\\SECONDARY",
+            "DERIVED\\PRIMARY\\AXIAL\\JP2K",
+            "ISO_IR 192",
+            "ISO 2022 IR 87",
+            "GB18030",
+            "\\\\\\",
+            "A" * 200,
+        ]
+    ),
     st.text(st.characters(codec="latin-1"), max_size=40),
     _CONTROL,
 ).map(lambda s: _pad(s.encode("latin-1", "replace")))
 _UI_VALUES = st.one_of(
-    st.sampled_from(["1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4",
-                     "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.481.2", "1.2.840.10008.5.1.4.1.1.88.67",
-                     "", "1.2.3", "abc", "0.0", "1" * 70]),
+    st.sampled_from(
+        [
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.840.10008.5.1.4.1.1.2.1",
+            "1.2.840.10008.5.1.4.1.1.4",
+            "1.2.840.10008.5.1.4.1.1.7",
+            "1.2.840.10008.5.1.4.1.1.481.2",
+            "1.2.840.10008.5.1.4.1.1.88.67",
+            "",
+            "1.2.3",
+            "abc",
+            "0.0",
+            "1" * 70,
+        ]
+    ),
     st.text(st.characters(codec="ascii"), max_size=64),
     _CONTROL,
 ).map(lambda s: _pad(s.encode("ascii", "replace"), b"\0"))
-_TEXT_VALUES = st.one_of(st.text(st.characters(codec="utf-8"), max_size=40), _CONTROL).map(lambda s: _pad(s.encode("utf-8")))
-_TS_VALUES = st.sampled_from([
-    "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5",
-    "1.2.840.10008.1.2.4.201", "1.2.3.4", "", "not-a-uid",
-]).map(lambda s: _pad(s.encode("ascii"), b"\0"))
+_TEXT_VALUES = st.one_of(st.text(st.characters(codec="utf-8"), max_size=40), _CONTROL).map(
+    lambda s: _pad(s.encode("utf-8"))
+)
+_TS_VALUES = st.sampled_from(
+    [
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.2",
+        "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.3.4",
+        "",
+        "not-a-uid",
+    ]
+).map(lambda s: _pad(s.encode("ascii"), b"\0"))
 
 # keyword -> (VR written into the file, strategy for the raw value)
 HEADER_TAGS = {
-    "Rows": ("US", _US_VALUES), "Columns": ("US", _US_VALUES), "BitsAllocated": ("US", _US_VALUES),
-    "BitsStored": ("US", _US_VALUES), "HighBit": ("US", _US_VALUES), "PixelRepresentation": ("US", _US_VALUES),
-    "SamplesPerPixel": ("US", _US_VALUES), "PlanarConfiguration": ("US", _US_VALUES),
-    "PhotometricInterpretation": ("CS", _CS_VALUES), "ImagePositionPatient": ("DS", _DS_VALUES),
-    "ImageOrientationPatient": ("DS", _DS_VALUES), "PixelSpacing": ("DS", _DS_VALUES),
-    "RescaleSlope": ("DS", _DS_VALUES), "RescaleIntercept": ("DS", _DS_VALUES), "SliceThickness": ("DS", _DS_VALUES),
-    "SpacingBetweenSlices": ("DS", _DS_VALUES), "SliceLocation": ("DS", _DS_VALUES), "NumberOfFrames": ("IS", _DS_VALUES),
-    "InstanceNumber": ("IS", _DS_VALUES), "SeriesNumber": ("IS", _DS_VALUES), "Modality": ("CS", _CS_VALUES),
-    "ImageType": ("CS", _CS_VALUES), "SpecificCharacterSet": ("CS", _CS_VALUES), "SOPClassUID": ("UI", _UI_VALUES),
-    "SOPInstanceUID": ("UI", _UI_VALUES), "SeriesInstanceUID": ("UI", _UI_VALUES),
-    "PixelPaddingValue": ("US", _US_VALUES), "PixelPaddingRangeLimit": ("SS", _SS_VALUES),
-    "Manufacturer": ("LO", _TEXT_VALUES), "SeriesDescription": ("LO", _TEXT_VALUES),
-    "ContrastBolusAgent": ("LO", _TEXT_VALUES), "PixelData": ("OW", st.binary(max_size=3000)),
+    "Rows": ("US", _US_VALUES),
+    "Columns": ("US", _US_VALUES),
+    "BitsAllocated": ("US", _US_VALUES),
+    "BitsStored": ("US", _US_VALUES),
+    "HighBit": ("US", _US_VALUES),
+    "PixelRepresentation": ("US", _US_VALUES),
+    "SamplesPerPixel": ("US", _US_VALUES),
+    "PlanarConfiguration": ("US", _US_VALUES),
+    "PhotometricInterpretation": ("CS", _CS_VALUES),
+    "ImagePositionPatient": ("DS", _DS_VALUES),
+    "ImageOrientationPatient": ("DS", _DS_VALUES),
+    "PixelSpacing": ("DS", _DS_VALUES),
+    "RescaleSlope": ("DS", _DS_VALUES),
+    "RescaleIntercept": ("DS", _DS_VALUES),
+    "SliceThickness": ("DS", _DS_VALUES),
+    "SpacingBetweenSlices": ("DS", _DS_VALUES),
+    "SliceLocation": ("DS", _DS_VALUES),
+    "NumberOfFrames": ("IS", _DS_VALUES),
+    "InstanceNumber": ("IS", _DS_VALUES),
+    "SeriesNumber": ("IS", _DS_VALUES),
+    "Modality": ("CS", _CS_VALUES),
+    "ImageType": ("CS", _CS_VALUES),
+    "SpecificCharacterSet": ("CS", _CS_VALUES),
+    "SOPClassUID": ("UI", _UI_VALUES),
+    "SOPInstanceUID": ("UI", _UI_VALUES),
+    "SeriesInstanceUID": ("UI", _UI_VALUES),
+    "PixelPaddingValue": ("US", _US_VALUES),
+    "PixelPaddingRangeLimit": ("SS", _SS_VALUES),
+    "Manufacturer": ("LO", _TEXT_VALUES),
+    "SeriesDescription": ("LO", _TEXT_VALUES),
+    "ContrastBolusAgent": ("LO", _TEXT_VALUES),
+    "PixelData": ("OW", st.binary(max_size=3000)),
 }
 
 
@@ -231,7 +337,9 @@ def header_edits(draw):
         value = draw(_TS_VALUES)
     else:
         value = draw(HEADER_TAGS[keyword][1])
-    targets = draw(st.one_of(st.just("all"), st.lists(st.integers(0, N_SLICES - 1), min_size=1, max_size=3, unique=True)))
+    targets = draw(
+        st.one_of(st.just("all"), st.lists(st.integers(0, N_SLICES - 1), min_size=1, max_size=3, unique=True))
+    )
     return keyword, delete, value, targets
 
 
@@ -275,7 +383,9 @@ def test_header_damage_is_read_or_refused_in_one_line(base, edits):
     files = dict(base)
     names = sorted(files)
     for i, name in enumerate(names):
-        mine = [(keyword, delete, value) for keyword, delete, value, targets in edits if targets == "all" or i in targets]
+        mine = [
+            (keyword, delete, value) for keyword, delete, value, targets in edits if targets == "all" or i in targets
+        ]
         if mine:
             files[name] = _edit(base[name], *mine)
     with tempfile.TemporaryDirectory() as tmp:
@@ -290,8 +400,11 @@ def no_silent_damage(result, base_volume: CTVolume) -> None:
     assert result.hu.shape[:2] == base_volume.hu.shape[:2], result.info
     k0 = int(round((result.affine[2, 3] - base_volume.affine[2, 3]) / SPACING_MM))
     assert 0 <= k0 and k0 + result.hu.shape[2] <= N_SLICES, (k0, result.hu.shape)
-    np.testing.assert_array_equal(result.hu, base_volume.hu[:, :, k0: k0 + result.hu.shape[2]],
-                                  err_msg="a torn file was read as if whole, without a warning")
+    np.testing.assert_array_equal(
+        result.hu,
+        base_volume.hu[:, :, k0 : k0 + result.hu.shape[2]],
+        err_msg="a torn file was read as if whole, without a warning",
+    )
 
 
 @fuzz(80)
@@ -311,8 +424,8 @@ def test_truncated_files_are_read_or_refused_in_one_line(base, base_volume, cuts
 @pytest.mark.parametrize(
     "keyword, value, slices",
     [
-        ("Modality", b"M\nR ", "all"),                       # a refusal quoting the modality
-        ("SOPClassUID", b"1.2.3\n4\0", [2]),                  # a skipped-series line quoting the SOP class
+        ("Modality", b"M\nR ", "all"),  # a refusal quoting the modality
+        ("SOPClassUID", b"1.2.3\n4\0", [2]),  # a skipped-series line quoting the SOP class
         ("SeriesDescription", b"Abdomen\r\nArterial ", "all"),  # the chosen series' description
         ("ImageType", b"ORIGINAL\\PRIMARY\\LOCALIZER\n ", [3]),
     ],
@@ -340,21 +453,28 @@ def test_a_file_torn_inside_its_header_is_not_mistaken_for_a_series_without_imag
         result = check(_materialise(files, Path(tmp)))
     if isinstance(result, StudyError):
         assert "no ct image series" not in result.reason.lower(), str(result)
-        assert any(w in result.reason.lower() for w in ("truncat", "corrupt", "cannot be decoded", "missing")), str(result)
+        assert any(w in result.reason.lower() for w in ("truncat", "corrupt", "cannot be decoded", "missing")), str(
+            result
+        )
     else:
         assert result.info["warnings"], result.info
 
 
 @fuzz(60)
-@given(hits=st.lists(st.tuples(st.integers(0, N_SLICES - 1), st.floats(0.0, 1.0), st.binary(min_size=1, max_size=64)),
-                     min_size=1, max_size=5))
+@given(
+    hits=st.lists(
+        st.tuples(st.integers(0, N_SLICES - 1), st.floats(0.0, 1.0), st.binary(min_size=1, max_size=64)),
+        min_size=1,
+        max_size=5,
+    )
+)
 def test_overwritten_bytes_are_read_or_refused_in_one_line(base, hits):
     files = dict(base)
     names = sorted(files)
     for i, where, junk in hits:
         data = bytearray(files[names[i]])
         at = int(where * (len(data) - 1))
-        data[at: at + len(junk)] = junk[: len(data) - at]
+        data[at : at + len(junk)] = junk[: len(data) - at]
         files[names[i]] = bytes(data)
     with tempfile.TemporaryDirectory() as tmp:
         check(_materialise(files, Path(tmp)))
@@ -379,7 +499,7 @@ def test_deleted_slices_give_exactly_the_documented_outcome(base, base_volume, g
     elif contiguous:
         assert isinstance(result, CTVolume), result
         assert result.hu.shape[2] == len(kept) and result.info["n_slices"] == len(kept)
-        np.testing.assert_array_equal(result.hu, base_volume.hu[:, :, kept[0]: kept[-1] + 1])
+        np.testing.assert_array_equal(result.hu, base_volume.hu[:, :, kept[0] : kept[-1] + 1])
         assert result.info["warnings"] == []
     elif isinstance(result, CTVolume):
         # a gap: the reader may interpolate a few missing slices, with a warning, on the full grid

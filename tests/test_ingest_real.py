@@ -4,6 +4,7 @@ Real single slices, short real series and non-CT objects must be refused with th
 compressed pixel data (JPEG 2000, JPEG Lossless, JPEG-LS, RLE), copied into valid 10-slice series with its
 original transfer syntax, must decode to exactly the values pydicom itself gives.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,8 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import apply_rescale
 from pydicom.uid import CTImageStorage, generate_uid
 
-from common.dicom_io import CTVolume, read_study
-from common.errors import StudyError
+from fedaaa.common.dicom_io import CTVolume, read_study
+from fedaaa.common.errors import StudyError
 
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
 DATA_STORE = Path(data_store.__file__).parent / "data"
@@ -41,14 +42,14 @@ def real(name: str) -> Path:
 
 # Real single CT slices, one per transfer syntax / encoding quirk.
 CT_SLICES = [
-    "CT_small.dcm",               # Explicit VR Little Endian, 128x128, signed
-    "693_UNCR.dcm",               # Explicit VR Little Endian, 512x512
-    "693_UNCI.dcm",               # Explicit VR Little Endian, 512x512 (source of the lossy J2K)
-    "693_J2KR.dcm",               # JPEG 2000 lossless
-    "693_J2KI.dcm",               # JPEG 2000 lossy
+    "CT_small.dcm",  # Explicit VR Little Endian, 128x128, signed
+    "693_UNCR.dcm",  # Explicit VR Little Endian, 512x512
+    "693_UNCI.dcm",  # Explicit VR Little Endian, 512x512 (source of the lossy J2K)
+    "693_J2KR.dcm",  # JPEG 2000 lossless
+    "693_J2KI.dcm",  # JPEG 2000 lossy
     "J2K_pixelrep_mismatch.dcm",  # JPEG 2000 lossless, codestream signedness differs from the header
-    "bad_sequence.dcm",           # JPEG Lossless SV1, unsigned 12-bit
-    "explicit_VR-UN.dcm",         # JPEG 2000 lossless, IOP with the column axis toward anterior
+    "bad_sequence.dcm",  # JPEG Lossless SV1, unsigned 12-bit
+    "explicit_VR-UN.dcm",  # JPEG 2000 lossless, IOP with the column axis toward anterior
 ]
 
 
@@ -82,8 +83,12 @@ def oriented(hu_cols_rows_slices: np.ndarray, affine_lps: np.ndarray) -> tuple[n
 def expected_hu(ds: pydicom.Dataset, frame: int | None = None) -> np.ndarray:
     """pydicom's own decode and rescale of one plane, with values below air clipped to air."""
     arr = ds.pixel_array if frame is None else ds.pixel_array[frame]
-    hu = apply_rescale(arr, ds) if frame is None else arr * 1.0 + float(
-        ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleIntercept)
+    hu = (
+        apply_rescale(arr, ds)
+        if frame is None
+        else arr * 1.0
+        + float(ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleIntercept)
+    )
     return np.maximum(np.asarray(hu, dtype=np.float64), AIR)
 
 
@@ -101,8 +106,9 @@ def ct_like(ds: pydicom.Dataset, intercept: float | None = None) -> None:
     ds.setdefault("PixelSpacing", [0.5, 0.5])
 
 
-def make_series(src: Path, folder: Path, n: int = 10, spacing: float = 7.0, edit=None,
-                step: np.ndarray | None = None, seed: int = 0) -> tuple[Path, np.ndarray]:
+def make_series(
+    src: Path, folder: Path, n: int = 10, spacing: float = 7.0, edit=None, step: np.ndarray | None = None, seed: int = 0
+) -> tuple[Path, np.ndarray]:
     """``n`` copies of one real slice, ``spacing`` mm apart along its slice normal (or along ``step``).
 
     Every copy keeps the original PixelData and transfer syntax; it gets its own SOPInstanceUID, a common
@@ -248,8 +254,9 @@ def test_real_truncated_codestream_is_refused_as_undecodable(tmp_path, name, edi
 
 
 # ------------------------------------------------------------------------------ real pixel data decodes
-def _check_against_pydicom(vol: CTVolume, src: Path, affine_lps: np.ndarray, n: int, spacing: float,
-                           edit=None) -> np.ndarray:
+def _check_against_pydicom(
+    vol: CTVolume, src: Path, affine_lps: np.ndarray, n: int, spacing: float, edit=None
+) -> np.ndarray:
     ds = pydicom.dcmread(src)
     if edit is not None:
         edit(ds)
@@ -259,7 +266,7 @@ def _check_against_pydicom(vol: CTVolume, src: Path, affine_lps: np.ndarray, n: 
     check_volume(vol, n)
     assert vol.hu.shape == want_hu.shape
     np.testing.assert_allclose(np.sort(vol.hu[..., 0].ravel()), np.sort(plane.ravel()), atol=1e-3)
-    np.testing.assert_allclose(vol.hu, want_hu, atol=1e-3)          # the exact voxel layout
+    np.testing.assert_allclose(vol.hu, want_hu, atol=1e-3)  # the exact voxel layout
     np.testing.assert_allclose(vol.affine, want_affine, atol=1e-3)
     assert vol.info["format"] == "dicom"
     assert vol.info["n_slices"] == n
@@ -393,9 +400,11 @@ def test_real_enhanced_ct_multiframe_file_reads_with_per_frame_positions(tmp_pat
     check_volume(vol, 10)
     ds = pydicom.dcmread(real("eCT_Supplemental.dcm"))
     planes = [expected_hu(ds, k % 2) for k in range(10)]
-    iop = np.array([float(v) for v in ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient])
+    iop = np.array(
+        [float(v) for v in ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient]
+    )
     ps = [float(v) for v in ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing]
-    normal = np.cross(iop[:3], iop[3:])                       # -z
+    normal = np.cross(iop[:3], iop[3:])  # -z
     order = np.argsort([(ipp0 + [0, 0, 10.0 * k]) @ normal for k in range(10)])
     stack = np.stack([planes[k].T for k in order], axis=2)
     affine = np.eye(4)

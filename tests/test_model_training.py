@@ -1,4 +1,5 @@
 """Preprocessing, the network, its loss, the model file, local training and shareable metrics."""
+
 from __future__ import annotations
 
 import math
@@ -7,13 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from common.dicom_io import read_study
-from common.model import AAANet, ModelFile, aaa_loss, load_model, save_model
-from common.errors import ConfigError
-from common.preprocess import InputCache, PreprocessSettings, volume_to_input
-from common.site import Site
-from common.training import (
-    TrainSettings, auroc_from_histograms, evaluate_local, evaluation_stats, sum_stats, summarize, train_local,
+from fedaaa.common.dicom_io import read_study
+from fedaaa.common.errors import ConfigError
+from fedaaa.common.model import AAANet, ModelFile, aaa_loss, load_model, save_model
+from fedaaa.common.preprocess import InputCache, PreprocessSettings, volume_to_input
+from fedaaa.common.site import Site
+from fedaaa.common.training import (
+    TrainSettings,
+    auroc_from_histograms,
+    evaluate_local,
+    evaluation_stats,
+    sum_stats,
+    summarize,
+    train_local,
 )
 
 SETTINGS = PreprocessSettings()
@@ -59,7 +66,9 @@ def test_network_outputs_and_loss():
 
 def test_model_file_round_trip(tmp_path):
     model = AAANet()
-    path = save_model(tmp_path / "m.safetensors", ModelFile(model, SETTINGS, threshold=0.4, round=3, summary={"val_auroc": 0.9}))
+    path = save_model(
+        tmp_path / "m.safetensors", ModelFile(model, SETTINGS, threshold=0.4, round=3, summary={"val_auroc": 0.9})
+    )
     mf = load_model(path)
     assert mf.round == 3 and mf.threshold == 0.4 and mf.preprocess == SETTINGS and mf.summary["val_auroc"] == 0.9
     for k, v in model.state_dict().items():
@@ -92,8 +101,12 @@ def test_statistics_add_up_and_give_auroc():
     prob = np.clip(0.5 * aaa + rng.uniform(0, 0.5, 200), 0, 1)
     d_true = np.where(aaa == 1, 45.0, 18.0)
     s = evaluation_stats(prob, d_true + 2.0, aaa, d_true)
-    halves = sum_stats([evaluation_stats(prob[:90], d_true[:90] + 2.0, aaa[:90], d_true[:90]),
-                        evaluation_stats(prob[90:], d_true[90:] + 2.0, aaa[90:], d_true[90:])])
+    halves = sum_stats(
+        [
+            evaluation_stats(prob[:90], d_true[:90] + 2.0, aaa[:90], d_true[:90]),
+            evaluation_stats(prob[90:], d_true[90:] + 2.0, aaa[90:], d_true[90:]),
+        ]
+    )
     for k, v in s.items():
         assert halves[k] == (pytest.approx(v) if isinstance(v, float) else v)
     m = summarize(s)

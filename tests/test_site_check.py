@@ -1,4 +1,5 @@
 """`fedaaa site check`, the content-keyed cache and parallel decoding."""
+
 from __future__ import annotations
 
 import csv
@@ -11,15 +12,16 @@ import numpy as np
 import pydicom
 import pytest
 
-from common.config import PREPROCESS
-from common.preprocess import InputCache
-from common.site import Site
-from common.site_check import check_site
 from fedaaa.cli import main
+from fedaaa.common.config import PREPROCESS
+from fedaaa.common.preprocess import InputCache
+from fedaaa.common.site import Site
 
 
 def _slices(folder: Path) -> list[Path]:
-    return sorted(folder.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+    return sorted(
+        folder.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +41,12 @@ def broken_site(tiny_federation, tmp_path_factory) -> tuple[Path, dict[str, str]
         ds = pydicom.dcmread(f)
         ds.Modality = "MR"
         ds.save_as(f)
-    expected = {ids[0]: "only 1 CT slice", ids[1]: "pixel data cannot be decoded", ids[2]: "empty folder",
-                ids[3]: "no CT image series (found modality MR)"}
+    expected = {
+        ids[0]: "only 1 CT slice",
+        ids[1]: "pixel data cannot be decoded",
+        ids[2]: "empty folder",
+        ids[3]: "no CT image series (found modality MR)",
+    }
     return site, expected
 
 

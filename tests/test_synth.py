@@ -1,5 +1,6 @@
 """Tests for simulations.synth: DICOM validity, geometry, HU round-trip, anatomy, labels, determinism, reuse,
 acquisition variants (checked by an independent pixel -> LPS mapping) and anatomy invariance across profiles."""
+
 import csv
 import json
 import re
@@ -12,12 +13,24 @@ import pytest
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage
 
-from simulations.synth import (ACQUISITION_VARIANTS, EXTRAS, KINDS, MANIFEST_COLUMNS, ScannerProfile, SiteSpec,
-                               default_sites, render_study, variant_profile, write_federation, write_site,
-                               write_study, write_variant)
+from fedaaa.simulations.synth import (
+    ACQUISITION_VARIANTS,
+    EXTRAS,
+    KINDS,
+    MANIFEST_COLUMNS,
+    ScannerProfile,
+    SiteSpec,
+    default_sites,
+    render_study,
+    variant_profile,
+    write_federation,
+    write_site,
+    write_study,
+    write_variant,
+)
 
 PROFILE = ScannerProfile(matrix=64, noise_hu=12.0)
-FAST = ScannerProfile(matrix=32, slice_thickness_mm=10.0)   # for folder logic only
+FAST = ScannerProfile(matrix=32, slice_thickness_mm=10.0)  # for folder logic only
 SPEC = SiteSpec("hospital-t", n_studies=14, aaa_prevalence=0.43, profile=replace(FAST, matrix=48), seed=3)
 
 
@@ -42,7 +55,7 @@ def _widths(study, k):
     while line[hi + 1] > -50:
         hi += 1
     ps = study.pixel_spacing_mm
-    frac = np.clip((line[lo - 1:hi + 2] + 90) / (45 + 90), 0, 1)   # visceral fat -90, wall 45
+    frac = np.clip((line[lo - 1 : hi + 2] + 90) / (45 + 90), 0, 1)  # visceral fat -90, wall 45
     return (hi - lo + 1) * ps, frac.sum() * ps
 
 
@@ -90,7 +103,7 @@ def test_series_geometry_and_hu_round_trip(tmp_path, signed):
         hu = d.pixel_array.astype(np.float64) * float(d.RescaleSlope) + float(d.RescaleIntercept)
         np.testing.assert_array_equal(hu, expected_hu[k])
     zs = np.array([float(d.ImagePositionPatient[2]) for d in dss])
-    np.testing.assert_allclose(np.diff(zs), -3.0)               # InstanceNumber 1 = head, equally spaced
+    np.testing.assert_allclose(np.diff(zs), -3.0)  # InstanceNumber 1 = head, equally spaced
     assert float(dss[0].SliceThickness) == float(dss[0].SpacingBetweenSlices) == 3.0
 
 
@@ -100,7 +113,7 @@ def test_anatomy_is_where_promised(contrast):
     profile = replace(PROFILE, matrix=96, noise_hu=0.0, contrast=contrast)
     study = render_study(np.random.default_rng(5), profile, "normal", "F")
     aortic = np.flatnonzero(study.diameter_mm > 0)
-    assert 0 < len(aortic) < len(study.z_mm)                    # bifurcation inside the study
+    assert 0 < len(aortic) < len(study.z_mm)  # bifurcation inside the study
     hu = study.hu
     assert (hu[:, 0, 0] == -1000).all() and (hu[:, -1, -1] == -1000).all()
     for k in aortic:
@@ -118,8 +131,8 @@ def test_anatomy_is_where_promised(contrast):
     col = hu[k][:, _rc(study, k, 0.0, 0.0)[1]]
     r_aorta = _rc(study, k, *study.aorta_center_mm[k])[0]
     bone = np.flatnonzero(col > 150)
-    assert bone.size and bone.min() > r_aorta and col.max() > 400    # cortex (partial volume at 3.75 mm)
-    assert 180 <= np.median(col[bone]) <= 300                          # cancellous bone
+    assert bone.size and bone.min() > r_aorta and col.max() > 400  # cortex (partial volume at 3.75 mm)
+    assert 180 <= np.median(col[bone]) <= 300  # cancellous bone
 
 
 @pytest.mark.parametrize("seed", range(9))
@@ -153,7 +166,7 @@ def test_aneurysms_have_thrombus_and_calcification_variety():
         calcified.append(bool((s.hu[k][inside] > 450).any()))
         m = int(np.argmax(s.diameter_mm[k]))
         lumen_fracs.append(((s.hu[k[m]] > 150) & inside[m]).sum() / inside[m].sum())
-    assert min(lumen_fracs) < 0.6 < max(lumen_fracs)            # thrombus in some, not all
+    assert min(lumen_fracs) < 0.6 < max(lumen_fracs)  # thrombus in some, not all
     assert any(calcified) and not all(calcified)
 
 
@@ -168,10 +181,10 @@ def test_manifest(site, manifest):
     assert all(re.fullmatch(r"\d+\.\d", r["max_diameter_mm"]) for r in manifest)
     np.testing.assert_array_equal(aaa, (d >= 30).astype(int))
     assert aaa.mean() == pytest.approx(SPEC.aaa_prevalence, abs=0.5 / SPEC.n_studies)
-    assert ((d >= 25) & (d < 30)).sum() >= 2 and (d < 25).sum() >= 4   # ectatic hard negatives + normals
+    assert ((d >= 25) & (d < 30)).sum() >= 2 and (d < 25).sum() >= 4  # ectatic hard negatives + normals
     splits = [r["split"] for r in manifest]
     assert set(splits) == {"train", "val", "test"}
-    for s in ("train", "val", "test"):                           # stratified: positives in every split
+    for s in ("train", "val", "test"):  # stratified: positives in every split
         assert any(r["split"] == s and r["aaa"] == "1" for r in manifest)
     assert splits.count("train") > splits.count("val")
     assert {r["sex"] for r in manifest} <= {"M", "F"}
@@ -236,8 +249,10 @@ def test_default_sites_and_federation(tmp_path):
     assert all(s.profile.spacing_mm >= 2.5 for s in sites)
     assert all(340 <= s.profile.fov_mm <= 420 and 8 <= s.profile.noise_hu <= 25 for s in sites)
     assert len({s.profile.manufacturer for s in sites}) == 4 and len({s.seed for s in sites}) == 4
-    small = [replace(s, n_studies=3, profile=replace(s.profile, slice_thickness_mm=10.0, slice_spacing_mm=None))
-             for s in sites[:2]]
+    small = [
+        replace(s, n_studies=3, profile=replace(s.profile, slice_thickness_mm=10.0, slice_spacing_mm=None))
+        for s in sites[:2]
+    ]
     messages = []
     paths = write_federation(tmp_path, small, progress=messages.append)
     assert paths == [tmp_path / s.name for s in small] and all((p / "manifest.csv").exists() for p in paths)
@@ -249,7 +264,7 @@ def test_default_sites_and_federation(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- one patient, many scanners
-VBASE = ScannerProfile(name="variant", matrix=40, slice_thickness_mm=10.0, noise_hu=0.0)   # 9 mm pixels: fast
+VBASE = ScannerProfile(name="variant", matrix=40, slice_thickness_mm=10.0, noise_hu=0.0)  # 9 mm pixels: fast
 SEED = 21
 
 
@@ -272,13 +287,23 @@ def _primary_frames(folder: Path):
             sh = d.SharedFunctionalGroupsSequence[0]
             tr = sh.PixelValueTransformationSequence[0]
             for a, fg in zip(arr, d.PerFrameFunctionalGroupsSequence):
-                frames.append((a * float(tr.RescaleSlope) + float(tr.RescaleIntercept),
-                               fg.PlanePositionSequence[0].ImagePositionPatient,
-                               sh.PlaneOrientationSequence[0].ImageOrientationPatient,
-                               sh.PixelMeasuresSequence[0].PixelSpacing))
+                frames.append(
+                    (
+                        a * float(tr.RescaleSlope) + float(tr.RescaleIntercept),
+                        fg.PlanePositionSequence[0].ImagePositionPatient,
+                        sh.PlaneOrientationSequence[0].ImageOrientationPatient,
+                        sh.PixelMeasuresSequence[0].PixelSpacing,
+                    )
+                )
         else:
-            frames.append((arr * float(d.RescaleSlope) + float(d.RescaleIntercept), d.ImagePositionPatient,
-                           d.ImageOrientationPatient, d.PixelSpacing))
+            frames.append(
+                (
+                    arr * float(d.RescaleSlope) + float(d.RescaleIntercept),
+                    d.ImagePositionPatient,
+                    d.ImageOrientationPatient,
+                    d.PixelSpacing,
+                )
+            )
     return dss, frames
 
 
@@ -287,7 +312,7 @@ def _lps(frames):
     pts, vals = [], []
     for hu, ipp, iop, ps in frames:
         ipp, iop, ps = (np.array([float(v) for v in x]) for x in (ipp, iop, ps))
-        r, c = np.mgrid[:hu.shape[0], :hu.shape[1]]
+        r, c = np.mgrid[: hu.shape[0], : hu.shape[1]]
         pts.append((ipp + c[..., None] * ps[1] * iop[:3] + r[..., None] * ps[0] * iop[3:]).reshape(-1, 3))
         vals.append(hu.reshape(-1))
     return np.concatenate(pts), np.concatenate(vals)
@@ -297,8 +322,14 @@ def _voxel_index(study, pts):
     """(k, r, c) of the study voxel centred at each point (-1 where no voxel centre is there)."""
     ps, (x0, y0) = study.pixel_spacing_mm, study.origin_mm
     n = len(study.z_mm)
-    f = np.stack([np.interp(pts[:, 2], study.z_mm[::-1], np.arange(n)[::-1], left=-9, right=-9),
-                  (pts[:, 1] - y0) / ps, (pts[:, 0] - x0) / ps], 1)
+    f = np.stack(
+        [
+            np.interp(pts[:, 2], study.z_mm[::-1], np.arange(n)[::-1], left=-9, right=-9),
+            (pts[:, 1] - y0) / ps,
+            (pts[:, 0] - x0) / ps,
+        ],
+        1,
+    )
     idx = np.rint(f).astype(int)
     ok = (np.abs(f - idx) < 1e-3).all(1) & (idx >= 0).all(1) & (idx[:, 1:] < study.hu.shape[1]).all(1)
     ok &= np.abs(study.z_mm[np.clip(idx[:, 0], 0, n - 1)] - pts[:, 2]) < 1e-3
@@ -322,8 +353,11 @@ def test_variant_decodes_to_the_same_patient(variants, reference, variant):
     profile = variant_profile(variant, VBASE)
     folder, truth = variants[0] / variant, variants[1][variant]
     study = render_study(np.random.default_rng(SEED), profile, "aneurysm", "M")
-    assert (truth.max_diameter_mm, truth.max_z_mm, truth.aaa) == \
-        (reference.max_diameter_mm, reference.max_z_mm, reference.aaa)
+    assert (truth.max_diameter_mm, truth.max_z_mm, truth.aaa) == (
+        reference.max_diameter_mm,
+        reference.max_z_mm,
+        reference.aaa,
+    )
     # every decoded pixel sits on a voxel centre of the rendered volume, each voxel exactly once, same HU
     pts, vals = _lps(_primary_frames(folder)[1])
     k, r, c = _voxel_index(study, pts).T
@@ -339,8 +373,11 @@ def test_variant_decodes_to_the_same_patient(variants, reference, variant):
     if variant not in ("fov_small", "fov_large"):
         np.testing.assert_array_equal(study.hu[shared], reference.hu[np.isin(reference.z_mm, study.z_mm)])
     for j in range(2):
-        np.testing.assert_allclose(np.interp(reference.z_mm, study.z_mm[::-1], study.aorta_center_mm[::-1, j]),
-                                   reference.aorta_center_mm[:, j], atol=1e-9)
+        np.testing.assert_allclose(
+            np.interp(reference.z_mm, study.z_mm[::-1], study.aorta_center_mm[::-1, j]),
+            reference.aorta_center_mm[:, j],
+            atol=1e-9,
+        )
 
 
 def test_variant_headers_files_and_extras(variants, reference):
@@ -358,19 +395,29 @@ def test_variant_headers_files_and_extras(variants, reference):
         assert dss[0].PatientPosition == pos
         zs = [float(d.ImagePositionPatient[2]) for d in dss]
         assert zs == sorted(zs, reverse=head_first)
-    for v, iop in (("flip_rows", [-1, 0, 0, 0, 1, 0]), ("flip_cols", [1, 0, 0, 0, -1, 0]),
-                   ("flip_both", [-1, 0, 0, 0, -1, 0])):
+    for v, iop in (
+        ("flip_rows", [-1, 0, 0, 0, 1, 0]),
+        ("flip_cols", [1, 0, 0, 0, -1, 0]),
+        ("flip_both", [-1, 0, 0, 0, -1, 0]),
+    ):
         d = series(v)[0]
         assert [float(x) for x in d.ImageOrientationPatient] == iop
         far = reference.origin_mm[0] + (m - 1) * ps
         assert [float(x) for x in d.ImagePositionPatient[:2]] == pytest.approx(
-            [far if iop[0] < 0 else -far, far if iop[4] < 0 else -far])
+            [far if iop[0] < 0 else -far, far if iop[4] < 0 else -far]
+        )
     dss = series("coronal")
     assert len(dss) == m and {(d.Rows, d.Columns) for d in dss} == {(n, m)} and "DERIVED" in dss[0].ImageType
     assert [float(x) for x in dss[0].ImageOrientationPatient] == [1, 0, 0, 0, 0, -1]
     assert [float(x) for x in dss[0].PixelSpacing] == pytest.approx([10.0, ps])
-    for v, bits, sign in (("reference", 12, 0), ("signed", 16, 1), ("signed_12bit", 12, 1), ("bits13", 13, 0),
-                          ("bits14", 14, 1), ("unsigned_16bit", 16, 0)):
+    for v, bits, sign in (
+        ("reference", 12, 0),
+        ("signed", 16, 1),
+        ("signed_12bit", 12, 1),
+        ("bits13", 13, 0),
+        ("bits14", 14, 1),
+        ("unsigned_16bit", 16, 0),
+    ):
         d = series(v)[0]
         assert (d.BitsAllocated, d.BitsStored, d.HighBit, d.PixelRepresentation) == (16, bits, bits - 1, sign), v
         assert float(d.RescaleIntercept) == (0 if sign else -1024) and "PixelPaddingValue" not in d
@@ -378,8 +425,12 @@ def test_variant_headers_files_and_extras(variants, reference):
         d = series(v)[0]
         assert d.PixelPaddingValue == pad and float(d.RescaleIntercept) == intercept
         assert d.pixel_array[0, 0] == pad and (d.pixel_array == pad).sum() < m * m / 4
-    for v, ts in (("implicit", pydicom.uid.ImplicitVRLittleEndian), ("rle", pydicom.uid.RLELossless),
-                  ("jpeg2000", pydicom.uid.JPEG2000Lossless), ("jpegls", pydicom.uid.JPEGLSLossless)):
+    for v, ts in (
+        ("implicit", pydicom.uid.ImplicitVRLittleEndian),
+        ("rle", pydicom.uid.RLELossless),
+        ("jpeg2000", pydicom.uid.JPEG2000Lossless),
+        ("jpegls", pydicom.uid.JPEGLSLossless),
+    ):
         d = series(v)[0]
         assert d.file_meta.TransferSyntaxUID == ts
         assert d.original_encoding[0] == (v == "implicit")
@@ -405,7 +456,9 @@ def test_variant_headers_files_and_extras(variants, reference):
     loc = others[(1, CTImageStorage, "CT")]
     assert len(loc) == 2 and all(list(d.ImageType) == ["ORIGINAL", "PRIMARY", "LOCALIZER"] for d in loc)
     assert sorted(tuple(float(x) for x in d.ImageOrientationPatient) for d in loc) == [
-        (0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 0, -1)]
+        (0, 1, 0, 0, 0, -1),
+        (1, 0, 0, 0, 0, -1),
+    ]
     thick = sorted(others[(3, CTImageStorage, "CT")], key=lambda d: int(d.InstanceNumber))
     assert len(thick) == n // 2 and float(thick[0].SpacingBetweenSlices) == 20.0
     assert len({d.SeriesInstanceUID for v in others.values() for d in v}) == 5
@@ -428,34 +481,37 @@ def test_anatomy_is_profile_invariant():
     fine = replace(PROFILE, matrix=96, slice_thickness_mm=2.5, noise_hu=0.0)
     for seed, kind in ((4, "aneurysm"), (5, "normal"), (6, "ectatic")):
         states, studies = [], []
-        for p in (fine, replace(fine, matrix=128, slice_thickness_mm=5.0, contrast=False),
-                  replace(fine, fov_mm=400.0, slice_thickness_mm=1.0, slice_spacing_mm=1.25, contrast_phase="portal"),
-                  replace(fine, orientation="coronal", signed=True, transfer_syntax="rle", extras=("localizer",)),
-                  replace(fine, tortuosity=0.7)):
+        for p in (
+            fine,
+            replace(fine, matrix=128, slice_thickness_mm=5.0, contrast=False),
+            replace(fine, fov_mm=400.0, slice_thickness_mm=1.0, slice_spacing_mm=1.25, contrast_phase="portal"),
+            replace(fine, orientation="coronal", signed=True, transfer_syntax="rle", extras=("localizer",)),
+            replace(fine, tortuosity=0.7),
+        ):
             rng = np.random.default_rng(seed)
             studies.append(render_study(rng, p, kind, "F"))
             states.append(rng.bit_generator.state)
-        assert all(s == states[0] for s in states)                 # the same draws whatever the profile
+        assert all(s == states[0] for s in states)  # the same draws whatever the profile
         a = studies[0]
         for b in studies[1:4]:
             assert (b.max_diameter_mm, b.max_z_mm, b.age) == (a.max_diameter_mm, a.max_z_mm, a.age)
-            ia, ib = np.isin(a.z_mm, b.z_mm), np.isin(b.z_mm, a.z_mm)    # slices both grids share
+            ia, ib = np.isin(a.z_mm, b.z_mm), np.isin(b.z_mm, a.z_mm)  # slices both grids share
             assert ia.sum() == ib.sum() >= min(len(a.z_mm), len(b.z_mm)) - 1
             np.testing.assert_array_equal(a.aorta_center_mm[ia], b.aorta_center_mm[ib])
             np.testing.assert_array_equal(a.diameter_mm[ia], b.diameter_mm[ib])
-            for j in range(2):                                          # elsewhere: interpolation error only
+            for j in range(2):  # elsewhere: interpolation error only
                 c = np.interp(b.z_mm, a.z_mm[::-1], a.aorta_center_mm[::-1, j])
                 ok = np.isfinite(c) & np.isfinite(b.aorta_center_mm[:, j])
                 assert ok.sum() > 20
                 np.testing.assert_allclose(c[ok], b.aorta_center_mm[ok, j], atol=0.2)
         assert np.isin(studies[1].z_mm, a.z_mm).all()
-        assert studies[-1].max_diameter_mm == a.max_diameter_mm   # tortuosity tilts the tube, not its calibre
+        assert studies[-1].max_diameter_mm == a.max_diameter_mm  # tortuosity tilts the tube, not its calibre
         assert np.nanmax(a.aorta_tilt_deg) == 0
     assert not np.array_equal(studies[0].hu, studies[-1].hu)
 
 
 def test_tortuous_aorta_is_an_oblique_tube():
-    profile = replace(PROFILE, matrix=160, fov_mm=240.0, noise_hu=0.0, tortuosity=1.0)   # 1.5 mm pixels
+    profile = replace(PROFILE, matrix=160, fov_mm=240.0, noise_hu=0.0, tortuosity=1.0)  # 1.5 mm pixels
     s = render_study(np.random.default_rng(11), profile, "aneurysm", "M")
     tilt = s.aorta_tilt_deg
     assert 20 < np.nanmax(tilt) < 60
@@ -468,12 +524,12 @@ def test_tortuous_aorta_is_an_oblique_tube():
         (cx, cy), R, phi = s.aorta_center_mm[k], s.diameter_mm[k] / 2, np.arctan2(t[k, 1], t[k, 0])
         u = (xx - cx) * np.cos(phi) + (yy - cy) * np.sin(phi)
         v = (yy - cy) * np.cos(phi) - (xx - cx) * np.sin(phi)
-        f = np.hypot(u * np.cos(np.radians(tilt[k])) / R, v / R)        # 1 on the expected ellipse
+        f = np.hypot(u * np.cos(np.radians(tilt[k])) / R, v / R)  # 1 on the expected ellipse
         a = R / np.cos(np.radians(tilt[k]))
         inside, outside = f < 1 - 1.5 * ps / a, (f > 1 + 1.5 * ps / R) & (f < 1 + 8 / R) & (yy < cy)
-        assert (s.hu[k][inside] > 20).all(), k                          # wall, thrombus, lumen: the whole ellipse
-        assert outside.any() and (s.hu[k][outside] < -80).all(), k      # periaortic fat right outside it
-        if a - R > 2.5 * ps:           # between circle and ellipse along the tilt: vessel, not fat as for a circle
+        assert (s.hu[k][inside] > 20).all(), k  # wall, thrombus, lumen: the whole ellipse
+        assert outside.any() and (s.hu[k][outside] < -80).all(), k  # periaortic fat right outside it
+        if a - R > 2.5 * ps:  # between circle and ellipse along the tilt: vessel, not fat as for a circle
             for sign in (1, -1):
                 r, c = _rc(s, k, cx + sign * (a + R) / 2 * np.cos(phi), cy + sign * (a + R) / 2 * np.sin(phi))
                 assert s.hu[k, r, c] > 0, (k, sign)
