@@ -5,7 +5,7 @@ generator, optionally re-encodes the same files as RLE Lossless and JPEG 2000 Lo
 measures, each best of ``--repeat`` runs:
 
   a. pydicom bare: ``dcmread`` + ``.pixel_array`` of every file, one after the other
-  b. ``common.dicom_io.read_study(folder)`` (the whole reader: headers, series choice, geometry, HU, RAS)
+  b. ``common.io.read_study(folder)`` (the whole reader: headers, series choice, geometry, HU, RAS)
   c. ``common.preprocess.volume_to_input(volume, PreprocessSettings())`` (MONAI pipeline to the model input)
   d. ``InputCache(settings, cache_dir).load(folder)``: a miss (fresh cache) and a hit (``decoded`` stays put)
   e. ``Site.load(..., workers=N)``: several smaller studies in a site folder, 1 worker vs N workers
@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pydicom  # noqa: E402
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless  # noqa: E402
 
-from fedaaa.common.dicom_io import read_study  # noqa: E402
-from fedaaa.common.preprocess import InputCache, PreprocessSettings, volume_to_input  # noqa: E402
+from fedaaa.common.cache import InputCache  # noqa: E402
+from fedaaa.common.io import read_study  # noqa: E402
+from fedaaa.common.preprocess import PreprocessSettings, volume_to_input  # noqa: E402
 from fedaaa.common.site import Site  # noqa: E402
 from fedaaa.simulations.synth import ScannerProfile, render_study, write_study  # noqa: E402
 

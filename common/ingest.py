@@ -9,7 +9,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedaaa.common.preprocess import InputCache, PreprocessSettings
+from fedaaa.common.cache import InputCache, Outcome
+from fedaaa.common.io import StudyInfo
+from fedaaa.common.preprocess import PreprocessSettings
 
 Progress = Callable[[int, int], None]  # (studies done, studies in all)
 
@@ -20,7 +22,7 @@ class Prepared:
 
     path: Path
     key: str
-    info: dict | None = None
+    info: StudyInfo | None = None
     error: str | None = None
     where: str = ""  # the file inside the study a refusal points to, if any
 
@@ -37,42 +39,48 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # the workers are the parallelism
 
 
-def _prepare(settings: PreprocessSettings, cache_dir: str, path: Path, key: str) -> dict:
-    return InputCache(settings, Path(cache_dir)).prepare(path, key)[1]
+def _prepare(settings: PreprocessSettings, cache_dir: str, path: Path, key: str) -> Outcome:
+    return InputCache(settings, Path(cache_dir), use_index=False).prepare(path, key)[1]
 
 
-def _result(path: Path, key: str, meta: dict) -> Prepared:
-    if "error" in meta:
-        return Prepared(path, key, error=meta["error"], where=meta.get("where", ""))
-    return Prepared(path, key, info=meta["info"])
+def _result(path: Path, key: str, outcome: Outcome) -> Prepared:
+    return Prepared(path, key, info=outcome.info, error=outcome.error, where=outcome.where)
 
 
 def prepare_studies(
-    paths: list[Path], cache: InputCache, workers: int | None = None, progress: Progress | None = None
+    paths: list[Path],
+    cache: InputCache,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    *,
+    rehash: bool = False,
 ) -> list[Prepared]:
-    """Cache entries for ``paths`` (in order). Hits are only hashed; misses are decoded, in ``workers``
-    processes when there are several, and counted in ``cache.decoded``."""
+    """Cache entries for ``paths`` (in order). A study unchanged since the cache's content index saw it
+    is keyed without reading its bytes (``rehash`` hashes every study and refreshes the index); hits are
+    then only loaded; misses are decoded, in ``workers`` processes when there are several, and counted in
+    ``cache.decoded``."""
     workers = default_workers() if workers is None else max(1, workers)
     total, done = len(paths), 0
     results: list[Prepared | None] = [None] * total
     misses = []
     for i, path in enumerate(paths):
-        key, meta = "", None
+        key, outcome = "", None
         path = Path(path).resolve()
         try:
-            key = cache.key(path)
-            meta = cache.record(key)
+            key = cache.key(path, rehash=rehash)
+            outcome = cache.record(key)
         except OSError:
-            meta = None
-        if meta is None and key:
+            outcome = None
+        if outcome is None and key:
             misses.append((i, path, key))
             continue
-        if meta is None:  # unreadable: let prepare() word the refusal
-            key, meta = cache.prepare(path)
-        results[i] = _result(path, key, meta)
+        if outcome is None:  # unreadable: let prepare() word the refusal
+            key, outcome = cache.prepare(path)
+        results[i] = _result(path, key, outcome)
         done += 1
         if progress:
             progress(done, total)
+    cache.save_index()
     if len(misses) > 1 and workers > 1:
         ctx = multiprocessing.get_context("spawn")  # safe inside threaded hosts (Flower, Ray)
         with ProcessPoolExecutor(min(workers, len(misses)), mp_context=ctx, initializer=_worker_init) as pool:

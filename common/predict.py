@@ -6,54 +6,38 @@ from pathlib import Path
 
 import torch
 
-from fedaaa.common.dicom_io import read_study
+from fedaaa.common.clinical import AAA_THRESHOLD_MM, CATEGORIES, DISCLAIMER, diameter_category
 from fedaaa.common.errors import StudyError
 from fedaaa.common.model import ModelFile
-from fedaaa.common.preprocess import volume_to_input
+from fedaaa.common.preprocess import load_study
 from fedaaa.common.training import pick_device, predict_batch
 
-DISCLAIMER = "Research software, not a medical device: a radiologist must confirm every finding."
-
-# (upper bound in mm, category, follow-up) from ACR 2013 incidental-findings guidance and SVS 2018.
-CATEGORIES = [
-    (25.0, "normal", "no aneurysm follow-up"),
-    (30.0, "ectatic (25-29 mm)", "ultrasound or CT every 5 years"),
-    (35.0, "AAA 30-34 mm", "surveillance every 3 years"),
-    (40.0, "AAA 35-39 mm", "surveillance every 2 years"),
-    (45.0, "AAA 40-44 mm", "surveillance every year"),
-    (50.0, "AAA 45-49 mm", "surveillance every 6 months"),
-    (55.0, "AAA 50-54 mm", "surveillance every 3-6 months; repair threshold for women is 50 mm"),
-    (float("inf"), "AAA >= 55 mm", "vascular surgery referral: repair threshold reached"),
-]
-
-
-def diameter_category(diameter_mm: float) -> tuple[str, str]:
-    """Size category and the follow-up interval it implies."""
-    for upper, name, follow_up in CATEGORIES:
-        if diameter_mm < upper:
-            return name, follow_up
-    raise AssertionError("unreachable")
+__all__ = ["CATEGORIES", "DISCLAIMER", "diameter_category", "predict_study"]  # clinical names re-exported
 
 
 def predict_study(mf: ModelFile, path: str | Path, device: torch.device | None = None) -> dict:
-    """One answer per input: the prediction, or ``error`` with a one-sentence reason."""
+    """One answer per input: the prediction, or ``error`` with a one-sentence reason.
+
+    The study goes through :func:`~fedaaa.common.preprocess.load_study`, the road training takes, uncached
+    (prediction never writes into the site's training cache): any failure of reading or preprocessing is
+    that input's ``error``, never a traceback.
+    """
     device = device or pick_device()
     try:
-        volume = read_study(path)
+        x, info = load_study(path, mf.preprocess)
     except StudyError as err:
         return {"input": str(path), "error": str(err)}
-    x = volume_to_input(volume, mf.preprocess)[None]
-    prob, diam = predict_batch(mf.model, x, device)
+    prob, diam = predict_batch(mf.model, x[None], device)
     p, d = float(prob[0]), float(diam[0])
     category, follow_up = diameter_category(d)
     present = p >= mf.threshold
-    warnings = list(volume.info.get("warnings", []))
-    if present != (d >= 30.0):
+    warnings = list(info.warnings)
+    if present != (d >= AAA_THRESHOLD_MM):
         warnings.append(
             f"classifier and diameter disagree (probability {p:.2f}, diameter {d:.1f} mm): review the images"
         )
-    if volume.info.get("slice_spacing_mm", 0) > 5.0:
-        warnings.append(f"slice spacing {volume.info['slice_spacing_mm']:.1f} mm is coarse; diameter less reliable")
+    if info.slice_spacing_mm > 5.0:
+        warnings.append(f"slice spacing {info.slice_spacing_mm:.1f} mm is coarse; diameter less reliable")
     return {
         "input": str(path),
         "aaa_present": bool(present),
@@ -63,5 +47,5 @@ def predict_study(mf: ModelFile, path: str | Path, device: torch.device | None =
         "category": category,
         "follow_up": follow_up,
         "warnings": warnings,
-        "series": volume.info.get("series", ""),
+        "series": info.series,
     }

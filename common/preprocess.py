@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,27 +18,14 @@ from monai.transforms import (
     SpatialCrop,
 )
 
-from fedaaa.common.dicom_io import CTVolume, read_study
 from fedaaa.common.errors import StudyError, describe
+from fedaaa.common.io import CTVolume, StudyInfo, read_study
+from fedaaa.common.settings import PreprocessSettings  # defined there: light to import
 
 BODY_LEVEL = 0.02  # scaled intensity above which a voxel is body (fat and denser), not air
-
-
-@dataclass(frozen=True)
-class PreprocessSettings:
-    """Fixed physical spacing and field of view of the network input (RAS, mm and voxels)."""
-
-    spacing_mm: tuple[float, float, float] = (2.5, 2.5, 5.0)
-    roi_size: tuple[int, int, int] = (64, 64, 48)
-    hu_window: tuple[float, float] = (-150.0, 450.0)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> PreprocessSettings:
-        raw = json.loads(text)
-        return cls(**{k: tuple(v) for k, v in raw.items()})
+# At most this many voxels on the input grid before cropping: 2 m of a 700 mm field of view at
+# 2.5 x 2.5 x 5 mm is 31 million. Beyond it the geometry is absurd and the resampler would exhaust memory.
+MAX_RESAMPLED_VOXELS = 48_000_000
 
 
 class CropAroundBodyd(MapTransform):
@@ -93,108 +76,38 @@ def volume_to_input(volume: CTVolume, settings: PreprocessSettings) -> torch.Ten
     return build_transform(settings)({"image": image})["image"]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("FEDAAA_CACHE_DIR", Path.home() / ".cache" / "fedaaa"))
+def check_input_grid(source: str | Path, volume: CTVolume, settings: PreprocessSettings) -> None:
+    """Refuse, before any resampling, a volume whose grid at the input spacing would exceed
+    :data:`MAX_RESAMPLED_VOXELS` (an absurd PixelSpacing or NIfTI zoom would make the resampler ask for
+    gigabytes or terabytes)."""
+    extent = np.asarray(volume.hu.shape, dtype=float) * np.asarray(volume.spacing, dtype=float)
+    voxels = float(np.prod(np.ceil(extent / np.asarray(settings.spacing_mm, dtype=float))))
+    if not np.isfinite(voxels) or voxels > MAX_RESAMPLED_VOXELS:
+        size = " x ".join(f"{e:.0f}" for e in extent)
+        raise StudyError(source, f"a field of view of {size} mm is not a CT study: check the voxel size (PixelSpacing)")
 
 
-# Bump when reading or preprocessing code changes what a study becomes: old cache entries then miss.
-PIPELINE_VERSION = 2
+class UnforeseenFailure(StudyError):
+    """A failure no check foresaw (a library's odd exception, memory): the study is refused now, but the
+    refusal is not remembered in the cache (another try may succeed)."""
 
 
-def content_digest(path: Path) -> str:
-    """SHA-256 of a study's bytes: every file's relative name and content, in name order."""
-    h = hashlib.sha256()
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}\0".encode())
-        with f.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()
+def load_study(path: str | Path, settings: PreprocessSettings) -> tuple[torch.Tensor, StudyInfo]:
+    """The one road from a study to the network input: read, check, preprocess.
 
-
-class InputCache:
-    """Preprocessed inputs on disk, keyed by the study's content and the preprocessing settings.
-
-    Each entry is ``<key>.npy`` (float16 input) and ``<key>.json`` (acquisition facts and warnings, or the
-    refusal reason), the JSON written last. A hit skips DICOM decoding entirely; changed bytes, a changed
-    setting or a new pipeline version give a new key, never a stale tensor. ``decoded`` counts studies this
-    object read from DICOM/NIfTI (hits do not count).
+    Returns the input tensor (1, *roi_size) and the study's facts. Every failure of reading or
+    preprocessing raises :class:`StudyError` with a one-line reason (:class:`UnforeseenFailure` for the
+    unexpected ones), never anything else. Training and evaluation (through :class:`InputCache`),
+    ``fedaaa predict`` (uncached) and ``fedaaa site check`` all load studies here.
     """
-
-    def __init__(self, settings: PreprocessSettings, cache_dir: Path | None = None):
-        self.settings = settings
-        self.dir = Path(cache_dir or default_cache_dir())
-        self.decoded = 0
-
-    def key(self, path: Path) -> str:
-        text = f"{content_digest(Path(path))}|{self.settings.to_json()}|{PIPELINE_VERSION}"
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-    def _files(self, key: str) -> tuple[Path, Path]:
-        return self.dir / f"{key}.npy", self.dir / f"{key}.json"
-
-    def record(self, key: str) -> dict | None:
-        """The stored facts of an entry (``{"info": ...}`` or ``{"error": reason}``), None on a miss."""
-        tensor_file, meta_file = self._files(key)
-        try:
-            meta = json.loads(meta_file.read_text())
-        except (OSError, ValueError):
-            return None
-        if "error" not in meta and not tensor_file.exists():
-            return None
-        return meta
-
-    def tensor(self, key: str) -> torch.Tensor:
-        return torch.from_numpy(np.load(self._files(key)[0]).astype(np.float32))
-
-    def prepare(self, path: str | Path, key: str | None = None) -> tuple[str, dict]:
-        """Make sure the study's entry exists; returns (key, record). Refusals are recorded too."""
-        path = Path(path).resolve()
-        if key is None:
-            try:
-                key = self.key(path)
-            except OSError as exc:  # missing or unreadable files: nothing to cache
-                reason = "does not exist" if not path.exists() else f"cannot be read ({exc.strerror or exc})"
-                return "", {"error": reason, "where": ""}
-        meta = self.record(key)
-        if meta is not None:
-            return key, meta
-        try:
-            volume = read_study(path)
-            tensor = volume_to_input(volume, self.settings)
-        except StudyError as err:
-            meta = {"error": err.reason, "where": _relative(err.source, path)}
-        except Exception as exc:  # an unforeseen failure: refuse this study now, but do not remember it
-            self.decoded += 1
-            return key, {"error": f"cannot be preprocessed ({type(exc).__name__}: {describe(exc)})"}
-        else:
-            meta = {"info": volume.info}
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / f"{key}.{os.getpid()}.tmp.npy"
-            np.save(tmp, tensor.numpy().astype(np.float16))  # hits and misses return the same values
-            os.replace(tmp, self._files(key)[0])
-        self.decoded += 1
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f"{key}.{os.getpid()}.tmp.json"
-        tmp.write_text(json.dumps(meta, default=str))
-        os.replace(tmp, self._files(key)[1])
-        return key, meta
-
-    def load(self, path: str | Path) -> torch.Tensor:
-        """The model input of one study; raises :class:`StudyError` when it is refused."""
-        path = Path(path).resolve()
-        key, meta = self.prepare(path)
-        if "error" in meta:
-            raise StudyError(path / meta["where"] if meta.get("where") else path, meta["error"])
-        return self.tensor(key)
-
-
-def _relative(source, study: Path) -> str:
-    """Where inside the study a refusal points (a file name), never an absolute path."""
+    path = Path(path)
     try:
-        rel = Path(source).resolve().relative_to(study)
-    except (ValueError, OSError):
-        return ""
-    return "" if str(rel) == "." else str(rel)
+        volume = read_study(path)
+        check_input_grid(path, volume, settings)
+        return volume_to_input(volume, settings), volume.info
+    except StudyError:
+        raise
+    except MemoryError as exc:
+        raise UnforeseenFailure(path, "the study is too large to preprocess in memory") from exc
+    except Exception as exc:  # MONAI, torch or numpy on a volume no check foresaw
+        raise UnforeseenFailure(path, f"cannot be preprocessed ({type(exc).__name__}: {describe(exc)})") from exc

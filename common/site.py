@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
+from fedaaa.common.cache import InputCache
 from fedaaa.common.errors import ConfigError
 from fedaaa.common.ingest import Prepared, Progress, prepare_studies
-from fedaaa.common.preprocess import InputCache, PreprocessSettings
+from fedaaa.common.preprocess import PreprocessSettings
 
 log = logging.getLogger("fedaaa.site")
 
@@ -77,10 +78,17 @@ class Site:
         return [s for s in self.studies if s.split == name]
 
     def prepare(
-        self, studies: list[Study], cache: InputCache, workers: int | None = 1, progress: Progress | None = None
+        self,
+        studies: list[Study],
+        cache: InputCache,
+        workers: int | None = 1,
+        progress: Progress | None = None,
+        *,
+        rehash: bool = False,
     ) -> list[Prepared]:
-        """Cache entries of ``studies`` (decoded in parallel where missing); refusals logged by study id."""
-        prepared = prepare_studies([s.path for s in studies], cache, workers, progress)
+        """Cache entries of ``studies`` (decoded in parallel where missing); refusals logged by study id.
+        ``rehash`` hashes every study's bytes even when the cache's content index knows them."""
+        prepared = prepare_studies([s.path for s in studies], cache, workers, progress, rehash=rehash)
         for study, p in zip(studies, prepared):
             if p.error:
                 log.warning("skipped study %s: %s", study.study_id, p.error)
@@ -94,7 +102,10 @@ class Site:
         workers: int | None = 1,
         progress: Progress | None = None,
     ) -> LoadedSplit:
-        """Model inputs and labels of one split; unusable studies are skipped with a logged reason."""
+        """Model inputs and labels of one split; unusable studies are skipped with a logged reason.
+
+        Every study goes through :func:`~fedaaa.common.preprocess.load_study` (via the cache), as in
+        ``fedaaa predict`` and ``fedaaa site check``."""
         cache = cache or InputCache(settings)
         studies = self.split(split)
         images, aaa, diam, skipped = [], [], [], {}

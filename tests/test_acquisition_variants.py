@@ -17,14 +17,17 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from fedaaa.common.cache import InputCache
 from fedaaa.common.config import PREPROCESS
-from fedaaa.common.dicom_io import read_study
+from fedaaa.common.io import read_study
 from fedaaa.common.model import AAANet
-from fedaaa.common.preprocess import InputCache, volume_to_input
+from fedaaa.common.preprocess import volume_to_input
 from fedaaa.common.site import Site
 from fedaaa.common.training import TrainSettings, predict_batch, predict_dataset, train_local
 from fedaaa.simulations.synth import ACQUISITION_VARIANTS, RESAMPLED_VARIANTS, write_site, write_variant
 from tests.conftest import small_site
+
+pytestmark = pytest.mark.slow  # writes 31 exports of one patient and trains a measuring network
 
 SEED = 5
 SAME_GRID = [v for v in ACQUISITION_VARIANTS if v not in RESAMPLED_VARIANTS and v != "reference"]
@@ -53,11 +56,11 @@ def test_same_grid_variants_read_back_identically(variants, reference, name):
     # padding pixels are "no data": they read as air (-1024) where the reference stored air (-1000)
     np.testing.assert_array_equal(np.maximum(vol.hu, -1000), np.maximum(reference.hu, -1000))
     if name in ("localizer", "kitchen_sink"):
-        reasons = " | ".join(vol.info["skipped_series"])
+        reasons = " | ".join(vol.info.skipped_series)
         for what in ("localizer", "secondary capture", "modality SR", "fewer slices"):
             assert what in reasons, reasons
     if name == "coronal":
-        assert vol.info["plane"] == "coronal" and any("reoriented" in w for w in vol.info["warnings"])
+        assert vol.info.plane == "coronal" and any("reoriented" in w for w in vol.info.warnings)
 
 
 @pytest.mark.parametrize("name", RESAMPLED_VARIANTS)

@@ -11,9 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from fedaaa.common.dicom_io import read_study
 from fedaaa.common.errors import StudyError
-from fedaaa.common.nifti_io import write_nifti
+from fedaaa.common.io import read_study, write_nifti
 from fedaaa.common.site import Site
 
 
@@ -131,7 +130,7 @@ def test_one_missing_slice_is_interpolated_with_a_warning(study, tmp_path):
     files[5].unlink()
     full, gap = read_study(study), read_study(folder)
     assert gap.hu.shape == full.hu.shape and gap.spacing == pytest.approx(full.spacing)
-    assert any("interpolated 1 missing slice" in w for w in gap.info["warnings"])
+    assert any("interpolated 1 missing slice" in w for w in gap.info.warnings)
     np.testing.assert_array_equal(gap.hu[:, :, :5], full.hu[:, :, :5])
     np.testing.assert_allclose(gap.hu[:, :, 5], (full.hu[:, :, 4] + full.hu[:, :, 6]) / 2, atol=1e-3)
 
@@ -147,7 +146,7 @@ def test_gantry_tilt_is_corrected(study, tmp_path):
         ds.PixelData = np.roll(ds.pixel_array, -k, axis=1).tobytes()  # same anatomy, shifted origin
         ds.save_as(f)
     straight, tilted = read_study(study), read_study(folder)
-    assert any("gantry tilt of" in w for w in tilted.info["warnings"])
+    assert any("gantry tilt of" in w for w in tilted.info.warnings)
     n = tilted.hu.shape[2]
     inner = slice(n, -n)  # columns that did not wrap around in np.roll
     np.testing.assert_allclose(tilted.hu[inner], straight.hu[inner], atol=1e-3)
@@ -158,7 +157,7 @@ def test_nifti_study_reads_like_the_dicom_it_came_from(study, tmp_path):
     vol = read_study(study)
     nii = write_nifti(vol, tmp_path / "study.nii.gz")
     again = read_study(nii)
-    assert again.info["format"] == "nifti"
+    assert again.info.format == "nifti"
     np.testing.assert_array_equal(again.hu, np.rint(vol.hu))
     np.testing.assert_allclose(again.affine, vol.affine, atol=1e-4)
 
@@ -183,7 +182,7 @@ def test_a_broken_file_refuses_the_measured_series_but_not_a_side_series(study, 
         del ds.ImagePositionPatient
         ds.save_as(folder / f"side{i}")
     vol = read_study(folder)
-    assert any("series 7" in s and "ImagePositionPatient" in s for s in vol.info["skipped_series"])
+    assert any("series 7" in s and "ImagePositionPatient" in s for s in vol.info.skipped_series)
     ds = pydicom.dcmread(files[4])
     del ds.ImagePositionPatient
     ds.save_as(files[4])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 import tempfile
 import warnings
+from dataclasses import fields
 from io import BytesIO
 from pathlib import Path
 
@@ -28,8 +29,8 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from fedaaa.common.dicom_io import CTVolume, read_study
 from fedaaa.common.errors import StudyError
+from fedaaa.common.io import CTVolume, StudyInfo, read_study
 from fedaaa.common.preprocess import PreprocessSettings, volume_to_input
 
 N_SLICES, MATRIX, SPACING_MM, PIXEL_MM = 10, 32, 8.0, 10.0  # 320 mm field of view, 72 mm of z coverage
@@ -152,8 +153,8 @@ def check(folder: Path) -> CTVolume | StudyError:
     assert aff2axcodes(vol.affine) == ("R", "A", "S")
     assert all(s > 0 for s in vol.spacing)
     assert vol.hu.shape[2] >= 8 and vol.spacing[2] * (vol.hu.shape[2] - 1) >= 60.0 - 1e-6
-    assert INFO_KEYS <= set(vol.info), INFO_KEYS - set(vol.info)
-    for line in [vol.info["series"], *vol.info["warnings"], *vol.info["skipped_series"]]:
+    assert isinstance(vol.info, StudyInfo) and INFO_KEYS <= {f.name for f in fields(vol.info)}
+    for line in [vol.info.series, *vol.info.warnings, *vol.info.skipped_series]:
         assert isinstance(line, str) and "\n" not in line and "\r" not in line, f"not one line: {line!r}"
     # what the reader accepts, the model's pipeline must take: a sane physical extent first
     extent = np.array(vol.hu.shape) * np.array(vol.spacing)
@@ -168,11 +169,11 @@ def test_the_valid_series_reads(base_volume):
     vol = base_volume
     assert vol.hu.shape == (MATRIX, MATRIX, N_SLICES)
     assert vol.spacing == pytest.approx((PIXEL_MM, PIXEL_MM, SPACING_MM))
-    assert vol.info["n_slices"] == N_SLICES and vol.info["slice_spacing_mm"] == pytest.approx(SPACING_MM)
-    assert vol.info["contrast"] is True and vol.info["format"] == "dicom"
+    assert vol.info.n_slices == N_SLICES and vol.info.slice_spacing_mm == pytest.approx(SPACING_MM)
+    assert vol.info.contrast is True and vol.info.format == "dicom"
     # canonical RAS: columns (toward patient left) and rows (toward posterior) are both flipped
     np.testing.assert_array_equal(vol.hu[:, :, 4], _phantom(4).T[::-1, ::-1].astype(np.float32))
-    assert vol.info["warnings"] == []
+    assert vol.info.warnings == ()
 
 
 # ------------------------------------------------------------------------------ raw header values
@@ -395,7 +396,7 @@ def test_header_damage_is_read_or_refused_in_one_line(base, edits):
 # ------------------------------------------------------------------------------ byte-level damage
 def no_silent_damage(result, base_volume: CTVolume) -> None:
     """A volume read from torn files holds exactly the intact slices, unless a warning says otherwise."""
-    if isinstance(result, StudyError) or result.info["warnings"]:
+    if isinstance(result, StudyError) or result.info.warnings:
         return
     assert result.hu.shape[:2] == base_volume.hu.shape[:2], result.info
     k0 = int(round((result.affine[2, 3] - base_volume.affine[2, 3]) / SPACING_MM))
@@ -457,7 +458,7 @@ def test_a_file_torn_inside_its_header_is_not_mistaken_for_a_series_without_imag
             result
         )
     else:
-        assert result.info["warnings"], result.info
+        assert result.info.warnings, result.info
 
 
 @fuzz(60)
@@ -498,12 +499,12 @@ def test_deleted_slices_give_exactly_the_documented_outcome(base, base_volume, g
         assert isinstance(result, StudyError) and "covers" in result.reason, result
     elif contiguous:
         assert isinstance(result, CTVolume), result
-        assert result.hu.shape[2] == len(kept) and result.info["n_slices"] == len(kept)
+        assert result.hu.shape[2] == len(kept) and result.info.n_slices == len(kept)
         np.testing.assert_array_equal(result.hu, base_volume.hu[:, :, kept[0] : kept[-1] + 1])
-        assert result.info["warnings"] == []
+        assert result.info.warnings == ()
     elif isinstance(result, CTVolume):
         # a gap: the reader may interpolate a few missing slices, with a warning, on the full grid
-        assert any("missing" in w or "interpolat" in w for w in result.info["warnings"]), result.info
+        assert any("missing" in w or "interpolat" in w for w in result.info.warnings), result.info
         assert result.hu.shape[2] == kept[-1] - kept[0] + 1
         for j, k in enumerate(range(kept[0], kept[-1] + 1)):
             if k in kept:

@@ -23,8 +23,8 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import apply_rescale
 from pydicom.uid import CTImageStorage, generate_uid
 
-from fedaaa.common.dicom_io import CTVolume, read_study
 from fedaaa.common.errors import StudyError
+from fedaaa.common.io import CTVolume, read_study
 
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
 DATA_STORE = Path(data_store.__file__).parent / "data"
@@ -151,7 +151,7 @@ def check_volume(vol: CTVolume, n: int) -> None:
     assert np.all(np.isfinite(vol.hu)) and vol.hu.min() >= AIR
     assert vol.affine.shape == (4, 4) and np.all(np.isfinite(vol.affine))
     assert aff2axcodes(vol.affine) == ("R", "A", "S")
-    assert "\n" not in " ".join(vol.info["warnings"])
+    assert "\n" not in " ".join(vol.info.warnings)
 
 
 # ------------------------------------------------------------------------------ refusals of real data
@@ -268,15 +268,15 @@ def _check_against_pydicom(
     np.testing.assert_allclose(np.sort(vol.hu[..., 0].ravel()), np.sort(plane.ravel()), atol=1e-3)
     np.testing.assert_allclose(vol.hu, want_hu, atol=1e-3)  # the exact voxel layout
     np.testing.assert_allclose(vol.affine, want_affine, atol=1e-3)
-    assert vol.info["format"] == "dicom"
-    assert vol.info["n_slices"] == n
-    assert vol.info["slice_spacing_mm"] == pytest.approx(spacing, abs=1e-3)
+    assert vol.info.format == "dicom"
+    assert vol.info.n_slices == n
+    assert vol.info.slice_spacing_mm == pytest.approx(spacing, abs=1e-3)
     assert vol.spacing[2] == pytest.approx(spacing, abs=1e-3)
-    assert vol.info["pixel_spacing_mm"] == pytest.approx([float(v) for v in ds.PixelSpacing])
-    assert vol.info["transfer_syntax"] == ds.file_meta.TransferSyntaxUID.name
-    assert vol.info["manufacturer"] == str(ds.get("Manufacturer", "")).strip()
+    assert vol.info.pixel_spacing_mm == pytest.approx([float(v) for v in ds.PixelSpacing])
+    assert vol.info.transfer_syntax == ds.file_meta.TransferSyntaxUID.name
+    assert vol.info.manufacturer == str(ds.get("Manufacturer", "")).strip()
     if ds.get("SliceThickness") not in (None, ""):
-        assert vol.info["slice_thickness_mm"] == pytest.approx(float(ds.SliceThickness))
+        assert vol.info.slice_thickness_mm == pytest.approx(float(ds.SliceThickness))
     return vol.hu
 
 
@@ -292,10 +292,10 @@ def test_jpeg2000_lossless_and_uncompressed_copies_give_identical_volumes(tmp_pa
     b = read_study(make_series(real("693_UNCR.dcm"), tmp_path / "uncr")[0])
     np.testing.assert_array_equal(a.hu, b.hu)
     np.testing.assert_allclose(a.affine, b.affine)
-    assert a.info["transfer_syntax"] != b.info["transfer_syntax"]
+    assert a.info.transfer_syntax != b.info.transfer_syntax
     lossy = read_study(make_series(real("693_J2KI.dcm"), tmp_path / "j2ki")[0])  # LossyImageCompression 01
-    assert any("lossy compression" in w for w in lossy.info["warnings"])
-    assert not any("lossy" in w for w in a.info["warnings"] + b.info["warnings"])
+    assert any("lossy compression" in w for w in lossy.info.warnings)
+    assert not any("lossy" in w for w in a.info.warnings + b.info.warnings)
 
 
 MR_CODECS = ["MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"]
@@ -328,7 +328,7 @@ def test_real_oblique_slices_stacked_along_their_normal_read_with_exact_geometry
     want_hu, want_affine = oriented(np.repeat(plane.T[:, :, None], 10, axis=2), affine)
     np.testing.assert_allclose(vol.hu, want_hu, atol=1e-3)
     np.testing.assert_allclose(vol.affine, want_affine, atol=1e-3)
-    assert not any("gantry tilt" in w for w in vol.info["warnings"])
+    assert not any("gantry tilt" in w for w in vol.info.warnings)
 
 
 def test_real_gantry_tilted_series_is_corrected_with_a_warning(tmp_path):
@@ -337,10 +337,10 @@ def test_real_gantry_tilted_series_is_corrected_with_a_warning(tmp_path):
     folder, _ = make_series(src, tmp_path / "s", step=np.array([0.0, 0.0, 8.0]))
     vol = read_study(folder)
     check_volume(vol, 10)
-    assert any("gantry tilt" in w for w in vol.info["warnings"])
-    tilt = [float(m) for w in vol.info["warnings"] for m in re.findall(r"gantry tilt of ([\d.]+)", w)]
+    assert any("gantry tilt" in w for w in vol.info.warnings)
+    tilt = [float(m) for w in vol.info.warnings for m in re.findall(r"gantry tilt of ([\d.]+)", w)]
     assert tilt and tilt[0] == pytest.approx(22.0, abs=0.3)
-    assert vol.info["slice_spacing_mm"] == pytest.approx(8.0 * 0.9272, abs=1e-2)  # along the slice normal
+    assert vol.info.slice_spacing_mm == pytest.approx(8.0 * 0.9272, abs=1e-2)  # along the slice normal
 
 
 def test_real_localizers_and_dose_are_skipped_next_to_a_valid_series(tmp_path):
@@ -352,12 +352,12 @@ def test_real_localizers_and_dose_are_skipped_next_to_a_valid_series(tmp_path):
     (study / "notes.txt").write_text("not DICOM")
     vol = read_study(study)
     check_volume(vol, 10)
-    skipped = vol.info["skipped_series"]
+    skipped = vol.info.skipped_series
     assert any("localizer" in s.lower() and "2 images" in s for s in skipped), skipped
     assert any("rtdose" in s.lower() for s in skipped), skipped
     assert all(isinstance(s, str) and "\n" not in s for s in skipped)
-    assert vol.info["skipped_files"] == 1
-    assert "SmartScore" in vol.info["series"]
+    assert vol.info.skipped_files == 1
+    assert "SmartScore" in vol.info.series
 
 
 def test_real_short_series_loses_to_a_longer_one(tmp_path):
@@ -367,8 +367,8 @@ def test_real_short_series_loses_to_a_longer_one(tmp_path):
     make_series(DICOMDIR_TESTS / "98892001" / "CT5N" / "2062", study / "long")
     vol = read_study(study)
     check_volume(vol, 10)
-    assert vol.info["n_slices"] == 10
-    assert any("5 images" in s for s in vol.info["skipped_series"]), vol.info["skipped_series"]
+    assert vol.info.n_slices == 10
+    assert any("5 images" in s for s in vol.info.skipped_series), vol.info.skipped_series
 
 
 def _enhanced_ct(path: Path, n: int = 10, spacing: float = 10.0) -> tuple[Path, np.ndarray]:
@@ -413,11 +413,11 @@ def test_real_enhanced_ct_multiframe_file_reads_with_per_frame_positions(tmp_pat
     want_hu, want_affine = oriented(stack, affine)
     np.testing.assert_allclose(vol.hu, want_hu, atol=1e-3)
     np.testing.assert_allclose(vol.affine, want_affine, atol=1e-3)
-    assert vol.info["format"] == "dicom-enhanced"
-    assert vol.info["n_slices"] == 10
-    assert vol.info["slice_spacing_mm"] == pytest.approx(10.0)
-    assert vol.info["slice_thickness_mm"] == pytest.approx(10.0)
-    assert vol.info["pixel_spacing_mm"] == pytest.approx(ps)
+    assert vol.info.format == "dicom-enhanced"
+    assert vol.info.n_slices == 10
+    assert vol.info.slice_spacing_mm == pytest.approx(10.0)
+    assert vol.info.slice_thickness_mm == pytest.approx(10.0)
+    assert vol.info.pixel_spacing_mm == pytest.approx(ps)
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
@@ -430,7 +430,7 @@ def test_real_series_round_trips_through_nifti(tmp_path, suffix):
     check_volume(back, 10)
     np.testing.assert_array_equal(back.hu, vol.hu)
     np.testing.assert_allclose(back.affine, vol.affine, atol=1e-4)
-    assert back.info["format"] == "nifti"
+    assert back.info.format == "nifti"
 
 
 def test_real_single_slice_nifti_is_refused(tmp_path):

@@ -13,8 +13,8 @@ import pydicom
 import pytest
 
 from fedaaa.cli import main
+from fedaaa.common.cache import InputCache
 from fedaaa.common.config import PREPROCESS
-from fedaaa.common.preprocess import InputCache
 from fedaaa.common.site import Site
 
 

@@ -1,10 +1,10 @@
-"""Reading one CT study into a HU volume with its true geometry, whatever a PACS export looks like.
+"""Reading one DICOM CT study into a HU volume with its true geometry, whatever a PACS export looks like.
 
-A study is a folder of DICOM files (any nesting, any names, stray files allowed), one Enhanced CT
-multi-frame file, or a NIfTI file. :func:`read_study` picks the primary axial CT series, sorts its slices
-by position, takes the spacing from the positions, corrects gantry tilt, interpolates a few missing
-slices (with a warning) and returns a :class:`CTVolume` in canonical RAS orientation. Anything it cannot
-read right is refused with a one-line :class:`StudyError`.
+A study is a folder of DICOM files (any nesting, any names, stray files allowed) or one Enhanced CT
+multi-frame file. :func:`read_dicom` picks the primary axial CT series, sorts its slices by position, takes
+the spacing from the positions, corrects gantry tilt, interpolates a few missing slices (with a warning)
+and returns a :class:`CTVolume` in canonical RAS orientation. Anything it cannot read right is refused with
+a one-line :class:`StudyError`. Format dispatch (DICOM or NIfTI) is :func:`fedaaa.common.io.read_study`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from pydicom.pixels import pixel_array
 from scipy.ndimage import shift as nd_shift
 
 from fedaaa.common.errors import StudyError, describe
-from fedaaa.common.nifti_io import is_nifti, read_nifti
-from fedaaa.common.volume import AIR_HU, MIN_SLICES, CTVolume, check_coverage, finish_volume
+from fedaaa.common.io.volume import AIR_HU, MIN_SLICES, CTVolume, StudyInfo, check_coverage, finish_volume
 
-__all__ = ["CTVolume", "read_study"]
+__all__ = ["read_dicom"]
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -500,7 +499,10 @@ def _headers(path: Path) -> tuple[list[tuple[Path, pydicom.Dataset]], int]:
 
 
 def read_dicom(path: Path) -> CTVolume:
-    """The primary CT series of a study folder (or one multi-frame file) in HU, canonical RAS."""
+    """The primary CT series of a study folder (or one multi-frame file) in HU, canonical RAS.
+
+    Raises :class:`StudyError`; an unforeseen library failure may escape (:func:`~fedaaa.common.io.read_study`
+    words it)."""
     headers, not_dicom = _headers(path)
     chosen, skipped = _choose_series(path, headers)
     geo = _geometry(path, chosen.frames)
@@ -523,41 +525,19 @@ def read_dicom(path: Path) -> CTVolume:
     syntax = getattr(getattr(ds0, "file_meta", None), "TransferSyntaxUID", None)
     if syntax in LOSSY_SYNTAXES or _text(ds0, "LossyImageCompression") == "01":
         warnings.append("pixels were stored with lossy compression: small structures may be altered")
-    info = {
-        "format": "dicom-enhanced" if first.index is not None else "dicom",
-        "n_slices": len(geo.frames),
-        "slice_spacing_mm": round(geo.spacing, 4),
-        "pixel_spacing_mm": [float(v) for v in first.pixel_spacing],
-        "slice_thickness_mm": thickness,
-        "manufacturer": _text(ds0, "Manufacturer"),
-        "contrast": bool(_text(ds0, "ContrastBolusAgent") or _text(ds0, "ContrastBolusRoute")),
-        "transfer_syntax": syntax.name if syntax else "unknown",
-        "series": chosen.label,
-        "plane": chosen.plane,
-        "skipped_series": skipped,
-        "skipped_files": not_dicom,
-        "warnings": warnings,
-    }
+    info = StudyInfo(
+        format="dicom-enhanced" if first.index is not None else "dicom",
+        n_slices=len(geo.frames),
+        slice_spacing_mm=round(geo.spacing, 4),
+        pixel_spacing_mm=(float(first.pixel_spacing[0]), float(first.pixel_spacing[1])),
+        slice_thickness_mm=thickness,
+        manufacturer=_text(ds0, "Manufacturer"),
+        contrast=bool(_text(ds0, "ContrastBolusAgent") or _text(ds0, "ContrastBolusRoute")),
+        transfer_syntax=syntax.name if syntax else "unknown",
+        series=chosen.label,
+        plane=chosen.plane,
+        skipped_series=tuple(skipped),
+        skipped_files=not_dicom,
+        warnings=tuple(warnings),
+    )
     return finish_volume(path, hu, LPS_TO_RAS @ geo.affine_lps, info)
-
-
-def read_study(path: str | Path) -> CTVolume:
-    """Read a study (DICOM folder, multi-frame DICOM file or NIfTI file) into a canonical HU volume.
-
-    Raises :class:`StudyError` with a one-line reason for anything that is not a usable CT study.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise StudyError(path, "does not exist")
-    if path.is_file() and is_nifti(path):
-        return read_nifti(path)
-    if not (path.is_dir() or path.is_file()):
-        raise StudyError(path, "is neither a folder nor a file")
-    try:
-        return read_dicom(path)
-    except StudyError:
-        raise
-    except MemoryError as exc:
-        raise StudyError(path, "the study is too large to read into memory") from exc
-    except Exception as exc:  # a header value pydicom only parses on access, a decoder's odd failure
-        raise StudyError(path, f"cannot be read ({type(exc).__name__}: {describe(exc)})") from exc

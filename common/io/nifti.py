@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from fedaaa.common.errors import StudyError, describe
-from fedaaa.common.volume import CTVolume, finish_volume
+from fedaaa.common.io.volume import CTVolume, StudyInfo, finish_volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -31,25 +32,32 @@ def read_nifti(path: Path) -> CTVolume:
         raise StudyError(path, f"a NIfTI CT study must be one 3-D image, got shape {getattr(data, 'shape', ())}")
     if min(data.shape[:2]) < 16:
         raise StudyError(path, f"NIfTI image of shape {data.shape} is too small for an abdominal CT")
-    zooms = [float(z) for z in img.header.get_zooms()[:3]]
-    info = {
-        "format": "nifti",
-        "n_slices": None,
-        "slice_spacing_mm": None,
-        "pixel_spacing_mm": None,
-        "slice_thickness_mm": None,
-        "manufacturer": "",
-        "contrast": None,
-        "transfer_syntax": "NIfTI-1" if isinstance(img, nib.Nifti1Image) else type(img).__name__,
-        "series": "NIfTI volume",
-        "skipped_series": [],
-        "skipped_files": 0,
-        "warnings": [],
-        "header_zooms_mm": zooms,
-    }
+    try:
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    except Exception as exc:  # a header nibabel loads but cannot describe
+        raise StudyError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {describe(exc)})") from exc
+    info = StudyInfo(
+        format="nifti",
+        n_slices=int(data.shape[2]),  # the canonical values are set below, once the axes are known
+        slice_spacing_mm=0.0,
+        pixel_spacing_mm=(0.0, 0.0),
+        slice_thickness_mm=0.0,
+        manufacturer="",
+        contrast=None,
+        transfer_syntax="NIfTI-1" if isinstance(img, nib.Nifti1Image) else type(img).__name__,
+        series="NIfTI volume",
+        plane=None,
+        header_zooms_mm=zooms,
+    )
     volume = finish_volume(path, data, affine, info)
     sx, sy, sz = volume.spacing
-    info.update(n_slices=int(volume.hu.shape[2]), slice_spacing_mm=sz, pixel_spacing_mm=[sy, sx], slice_thickness_mm=sz)
+    volume.info = replace(
+        volume.info,
+        n_slices=int(volume.hu.shape[2]),
+        slice_spacing_mm=sz,
+        pixel_spacing_mm=(sy, sx),
+        slice_thickness_mm=sz,
+    )
     return volume
 
 
