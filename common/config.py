@@ -6,8 +6,9 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from fedaaa.common.errors import ConfigError
-from fedaaa.common.preprocess import PreprocessSettings
-from fedaaa.common.training import TrainSettings
+from fedaaa.common.settings import PreprocessSettings, TrainSettings
+
+_TRAIN = TrainSettings()  # the per-round training defaults live there, once
 
 
 @dataclass(frozen=True)
@@ -15,16 +16,16 @@ class RunSettings:
     """A federation run. Flower run-config keys are these names in kebab-case (``num-server-rounds``)."""
 
     num_server_rounds: int = 12
-    local_epochs: int = 3
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    diameter_weight: float = 1.0
-    proximal_mu: float = 0.0
+    local_epochs: int = _TRAIN.local_epochs
+    batch_size: int = _TRAIN.batch_size
+    learning_rate: float = _TRAIN.learning_rate
+    weight_decay: float = _TRAIN.weight_decay
+    diameter_weight: float = _TRAIN.diameter_weight
+    proximal_mu: float = _TRAIN.proximal_mu
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_nodes: int = 2
-    seed: int = 0
+    seed: int = _TRAIN.seed  # hospitals train round k with seed + k
     sites: str = ""  # simulation: comma-separated absolute site folders, one per virtual node
     output_dir: str = ""  # server: absolute folder for checkpoints, history and the final model
     cache_dir: str = ""  # client: preprocessed-input cache ("" = FEDAAA_CACHE_DIR or ~/.cache/fedaaa)
@@ -64,20 +65,25 @@ class RunSettings:
         return [s.strip() for s in self.sites.split(",") if s.strip()]
 
     def train_settings(self, server_round: int = 0) -> TrainSettings:
-        return TrainSettings(
-            local_epochs=self.local_epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            diameter_weight=self.diameter_weight,
-            proximal_mu=self.proximal_mu,
-            seed=self.seed + server_round,
-        )
+        per_round = {name: getattr(self, name) for name in TrainSettings.round_fields()}
+        return TrainSettings(**per_round, seed=self.seed + server_round)
 
-    def with_overrides(self, **changes) -> RunSettings:
+    def round_config(self) -> dict[str, Any]:
+        """What the coordinator sends with every training round (Flower keys, kebab-case)."""
+        run_config = self.to_run_config()
+        return {key: run_config[key] for key in ROUND_KEYS}
+
+    def with_overrides(self, **changes: Any) -> RunSettings:
         out = replace(self, **{k: v for k, v in changes.items() if v is not None})
         out.validate()
         return out
 
 
 PREPROCESS = PreprocessSettings()
+
+# The per-round keys: every TrainSettings field a hospital does not derive itself.
+ROUND_KEYS: tuple[str, ...] = TrainSettings.round_keys()
+
+_missing = set(TrainSettings.round_fields()) - {f.name for f in fields(RunSettings)}
+if _missing:  # a new TrainSettings field needs its run-config key
+    raise TypeError(f"RunSettings lacks the per-round training fields {sorted(_missing)}")

@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from monai.networks.blocks import Convolution
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
 from fedaaa.common.errors import ConfigError
-from fedaaa.common.preprocess import PreprocessSettings
+from fedaaa.common.model_file import FORMAT_VERSION, ModelMeta, read_model_file, write_model_file
+from fedaaa.common.settings import ArchSettings, PreprocessSettings
+
+__all__ = [
+    "FORMAT_VERSION",
+    "DIAMETER_CENTER_MM",
+    "DIAMETER_SCALE_MM",
+    "AAANet",
+    "ArchSettings",
+    "ModelFile",
+    "aaa_loss",
+    "initial_state",
+    "load_model",
+    "save_model",
+]
 
 DIAMETER_CENTER_MM = 30.0  # the diameter head predicts (d - center) / scale: targets near unit range
 DIAMETER_SCALE_MM = 15.0
-FORMAT_VERSION = "1"
-
-
-@dataclass(frozen=True)
-class ArchSettings:
-    channels: tuple[int, ...] = (8, 16, 32, 64)
-    groups: int = 4
-    hidden: int = 64
-    dropout: float = 0.0
-    negative_slope: float = 0.1  # LeakyReLU: no dead units while the network searches for the aorta
 
 
 class AAANet(nn.Module):
@@ -37,7 +39,7 @@ class AAANet(nn.Module):
     statistics do not diverge across hospitals.
     """
 
-    def __init__(self, arch: ArchSettings = ArchSettings()):
+    def __init__(self, arch: ArchSettings = ArchSettings()) -> None:
         super().__init__()
         self.arch = arch
         layers: list[nn.Module] = []
@@ -92,6 +94,11 @@ def aaa_loss(
     return loss
 
 
+def initial_state(arch: ArchSettings = ArchSettings()) -> dict[str, torch.Tensor]:
+    """Freshly initialised weights (under the caller's torch seed)."""
+    return AAANet(arch).state_dict()
+
+
 @dataclass
 class ModelFile:
     """A model and everything needed to use it the way it was trained."""
@@ -100,55 +107,37 @@ class ModelFile:
     preprocess: PreprocessSettings
     threshold: float = 0.5
     round: int = 0
-    summary: dict | None = None
+    summary: dict[str, Any] | None = None
+
+    @property
+    def meta(self) -> ModelMeta:
+        return ModelMeta(
+            arch=self.model.arch,
+            preprocess=self.preprocess,
+            threshold=self.threshold,
+            round=self.round,
+            summary=self.summary or {},
+        )
 
 
 def save_model(path: str | Path, mf: ModelFile) -> Path:
     """Write weights as safetensors with the settings as metadata (loading executes no code)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in mf.model.state_dict().items()}
-    metadata = {
-        "format": "fedaaa-model",
-        "format_version": FORMAT_VERSION,
-        "architecture": json.dumps(asdict(mf.model.arch)),
-        "preprocess": mf.preprocess.to_json(),
-        "threshold": repr(float(mf.threshold)),
-        "round": str(int(mf.round)),
-        "summary": json.dumps(mf.summary or {}),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    return write_model_file(path, mf.model.state_dict(), mf.meta)
 
 
 def load_model(path: str | Path) -> ModelFile:
     """Read a model file written by :func:`save_model`; a :class:`ConfigError` if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: model file does not exist")
+    state, meta = read_model_file(path)
+    model = AAANet(meta.arch)
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != "fedaaa-model":
-            raise ConfigError(f"{path}: not a FedAAA model file (no fedaaa metadata)")
-        arch = ArchSettings(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(meta["architecture"]).items()}
-        )
-        model = AAANet(arch)
-        model.load_state_dict(load_file(str(path)))
-    except ConfigError:
-        raise
-    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
         raise ConfigError(f"{path}: not a readable FedAAA model file ({type(exc).__name__})") from exc
     model.eval()
     return ModelFile(
         model=model,
-        preprocess=PreprocessSettings.from_json(meta["preprocess"]),
-        threshold=float(meta.get("threshold", 0.5)),
-        round=int(meta.get("round", 0)),
-        summary=json.loads(meta.get("summary", "{}")),
+        preprocess=meta.preprocess,
+        threshold=meta.threshold,
+        round=meta.round,
+        summary=dict(meta.summary),
     )

@@ -1,4 +1,8 @@
-"""Flower ServerApp: FedAvg rounds over the hospitals, a checkpoint and a history line per round."""
+"""Flower ServerApp: FedAvg rounds over the hospitals, a checkpoint and a history line per round.
+
+Importing this module is light (no MONAI, pydicom, scipy or nibabel): checkpoints are written from the
+aggregated state dict, and the network is built once, inside :func:`main`, for the initial weights.
+"""
 
 from __future__ import annotations
 
@@ -6,72 +10,136 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, TypedDict
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
 
-from fedaaa.common.config import PREPROCESS, RunSettings
-from fedaaa.common.model import AAANet, ModelFile, save_model
-from fedaaa.common.training import sum_stats, summarize
+from fedaaa.common.config import PREPROCESS, ROUND_KEYS, RunSettings
+from fedaaa.common.metrics import sum_stats, summarize
+from fedaaa.common.model_file import ModelMeta, read_model_file, write_model_file
+from fedaaa.common.settings import ArchSettings
 
 log = logging.getLogger("flwr.fedaaa.server")
 app = ServerApp()
 
-# What the coordinator sends each round (clients fall back to their run config for the rest).
-ROUND_KEYS = ("local-epochs", "batch-size", "learning-rate", "weight-decay", "diameter-weight", "proximal-mu")
+__all__ = ["ROUND_KEYS", "FederationRecorder", "app", "evaluate_figures", "main", "make_strategy", "train_figures"]
+
+# The record name a hospital's reply carries its statistics under (see fedaaa.client.app._reply).
+METRICS_RECORD = "metrics"
+ARRAYS_RECORD = "arrays"
+
+Stage = Literal["train", "evaluate"]
+Figures = dict[str, float | int]
 
 
-def _finite(d: dict) -> dict:
+class TrainFigures(TypedDict):
+    """One round's training, aggregated across the hospitals that answered."""
+
+    train_loss: float
+    train_examples: int
+    train_sites: int
+    skipped_studies: int
+
+
+def train_figures(records: list[RecordDict], weight_key: str = "num-examples") -> TrainFigures:
+    """Example-weighted mean loss, examples, sites and skipped studies of the hospitals' train replies."""
+    metrics = [_metrics_of(r) for r in records]
+    n = sum(int(m[weight_key]) for m in metrics)
+    return {
+        "train_loss": sum(float(m["train-loss"]) * int(m[weight_key]) for m in metrics) / max(n, 1),
+        "train_examples": n,
+        "train_sites": len(metrics),
+        "skipped_studies": sum(int(m.get("skipped-studies", 0)) for m in metrics),
+    }
+
+
+def evaluate_figures(records: list[RecordDict]) -> Figures:
+    """Validation metrics (``val_*``) of the summed statistics, and how many hospitals sent them."""
+    stats = sum_stats(dict(_metrics_of(r)) for r in records)
+    return {f"val_{k}": v for k, v in summarize(stats).items()} | {"val_sites": len(records)}
+
+
+def _metrics_of(record: RecordDict) -> MetricRecord:
+    return record.metric_records[METRICS_RECORD]
+
+
+def _finite(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
-class FederationRecorder:
-    """Aggregates what hospitals report and writes one checkpoint and history entry per round."""
+def _json_safe(value: Any) -> Any:
+    """JSON has no NaN: non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
-    def __init__(self, output_dir: Path, settings: RunSettings):
+
+@dataclass
+class _Round:
+    train: Figures = field(default_factory=dict)
+    evaluate: Figures = field(default_factory=dict)
+    elapsed_s: float | None = None  # set when the round has ended (its checkpoint is written)
+
+    @property
+    def ended(self) -> bool:
+        return self.elapsed_s is not None
+
+
+class FederationRecorder:
+    """One checkpoint and one history entry per round, each round's figures kept under its number.
+
+    The strategy hands over a round's train and evaluate figures and Flower's ``evaluate_fn`` ends the
+    round with its weights, in whatever order: an entry only ever holds the figures of its own round,
+    and a figure that arrives after its round ended rewrites that round's history entry and checkpoint.
+    """
+
+    def __init__(self, output_dir: Path, settings: RunSettings, arch: ArchSettings = ArchSettings()) -> None:
         self.output_dir = output_dir
         self.settings = settings
-        self.history: list[dict] = []
-        self._train: dict = {}
-        self._evaluate: dict = {}
-        self.trained_rounds = 0
+        self.arch = arch
+        self._rounds: dict[int, _Round] = {}
         self._t0 = time.time()
         (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
-    def aggregate_train(self, records: list[RecordDict], weight_key: str) -> MetricRecord:
-        metrics = [next(iter(r.metric_records.values())) for r in records]
-        n = sum(int(m[weight_key]) for m in metrics)
-        self._train = {
-            "train_loss": sum(float(m["train-loss"]) * int(m[weight_key]) for m in metrics) / max(n, 1),
-            "train_examples": n,
-            "train_sites": len(metrics),
-            "skipped_studies": sum(int(m.get("skipped-studies", 0)) for m in metrics),
-        }
-        return MetricRecord(self._train)
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The entries of the rounds that ended, in round order."""
+        return [self._entry(k) for k in sorted(self._rounds) if self._rounds[k].ended]
 
-    def aggregate_evaluate(self, records: list[RecordDict], weight_key: str) -> MetricRecord:
-        stats = sum_stats([dict(next(iter(r.metric_records.values()))) for r in records])
-        self._evaluate = {f"val_{k}": v for k, v in summarize(stats).items()} | {"val_sites": len(records)}
-        return MetricRecord(_finite(self._evaluate))
+    @property
+    def trained_rounds(self) -> int:
+        return sum(1 for k, r in self._rounds.items() if k > 0 and r.train)
+
+    def checkpoint_path(self, server_round: int) -> Path:
+        return self.output_dir / "checkpoints" / f"round-{server_round:03d}.safetensors"
+
+    def record(self, server_round: int, stage: Stage, figures: Mapping[str, float | int]) -> None:
+        """Keep one stage's aggregated figures of ``server_round``."""
+        r = self._rounds.setdefault(server_round, _Round())
+        setattr(r, stage, dict(figures))
+        if r.ended:  # the round already has its checkpoint: bring it and the history up to date
+            state, _ = read_model_file(self.checkpoint_path(server_round))
+            self._write_checkpoint(server_round, state)
+            self._write_history()
 
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Called by the strategy before round 1 (round 0) and after every round."""
-        model = AAANet()
-        model.load_state_dict(arrays.to_torch_state_dict())
-        entry = {"round": server_round, "elapsed_s": round(time.time() - self._t0, 1)}
-        if server_round > 0:
-            entry |= self._train | self._evaluate
-            self.trained_rounds += bool(self._train)
-        self._train, self._evaluate = {}, {}  # a round without replies records nothing stale
-        self.history.append(entry)
-        summary = {k: v for k, v in entry.items() if k != "elapsed_s"}
-        ckpt = self.output_dir / "checkpoints" / f"round-{server_round:03d}.safetensors"
-        save_model(ckpt, ModelFile(model, PREPROCESS, round=server_round, summary=summary))
+        """Flower's ``evaluate_fn``: called before round 1 (round 0) and after every round."""
+        r = self._rounds.setdefault(server_round, _Round())
+        r.elapsed_s = round(time.time() - self._t0, 1)
+        self._write_checkpoint(server_round, arrays.to_torch_state_dict())
         self._write_history()
         if server_round > 0:
+            entry = self._entry(server_round)
             log.info(
                 "round %d: train loss %.4f | val AUROC %.3f, diameter MAE %.2f mm (%d studies)",
                 server_round,
@@ -83,22 +151,87 @@ class FederationRecorder:
         return None
 
     def finish(self, arrays: ArrayRecord, rounds: int) -> Path:
+        """Write the final global model, with the last round's entry as its summary."""
         if not self.trained_rounds:
             raise RuntimeError("no hospital returned a model update in any round; see the node logs")
-        model = AAANet()
-        model.load_state_dict(arrays.to_torch_state_dict())
-        summary = self.history[-1] if self.history else {}
-        return save_model(
-            self.output_dir / "global_model.safetensors", ModelFile(model, PREPROCESS, round=rounds, summary=summary)
-        )
+        history = self.history
+        summary = history[-1] if history else {}
+        meta = ModelMeta(arch=self.arch, preprocess=PREPROCESS, round=rounds, summary=summary)
+        return write_model_file(self.output_dir / "global_model.safetensors", arrays.to_torch_state_dict(), meta)
+
+    def _entry(self, server_round: int) -> dict[str, Any]:
+        r = self._rounds[server_round]
+        entry: dict[str, Any] = {"round": server_round, "elapsed_s": r.elapsed_s}
+        if server_round > 0:
+            entry |= r.train | r.evaluate
+        return entry
+
+    def _write_checkpoint(self, server_round: int, state: Mapping[str, torch.Tensor]) -> None:
+        summary = {k: v for k, v in self._entry(server_round).items() if k != "elapsed_s"}
+        meta = ModelMeta(arch=self.arch, preprocess=PREPROCESS, round=server_round, summary=summary)
+        write_model_file(self.checkpoint_path(server_round), state, meta)
 
     def _write_history(self) -> None:
         doc = {"settings": self.settings.to_run_config(), "rounds": self.history}
         for k in ("sites", "output-dir", "cache-dir"):  # local paths stay out of the shared record
             doc["settings"].pop(k, None)
         tmp = self.output_dir / "history.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False, default=str).replace("NaN", "null"))
+        tmp.write_text(json.dumps(_json_safe(doc), indent=2, allow_nan=False, default=str))
         tmp.replace(self.output_dir / "history.json")
+
+
+class RecordingStrategy(FedAvg):
+    """FedAvg (or, mixed in first, any FedAvg subclass) that hands each round's aggregates to a recorder.
+
+    Replies are read by record name: one without a ``"metrics"`` record (or, in training, an
+    ``"arrays"`` record) is left out of the round with a warning; error replies are logged by Flower.
+    """
+
+    def __init__(self, *, recorder: FederationRecorder, **kwargs: Any) -> None:
+        super().__init__(
+            train_metrics_aggr_fn=lambda records, key: MetricRecord(dict(train_figures(records, key))),
+            evaluate_metrics_aggr_fn=lambda records, _key: MetricRecord(dict(evaluate_figures(records))),
+            **kwargs,
+        )
+        self.recorder = recorder
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = super().aggregate_train(server_round, self._readable(server_round, replies, "train"))
+        if metrics is not None:
+            self.recorder.record(server_round, "train", dict(metrics))
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        metrics = super().aggregate_evaluate(server_round, self._readable(server_round, replies, "evaluate"))
+        if metrics is None:
+            return None
+        self.recorder.record(server_round, "evaluate", dict(metrics))
+        return MetricRecord(_finite(metrics))  # Flower's own summary; the history keeps NaN as null
+
+    def _readable(self, server_round: int, replies: Iterable[Message], stage: Stage) -> list[Message]:
+        kept = []
+        for msg in replies:
+            if not msg.has_error():
+                missing = [] if METRICS_RECORD in msg.content.metric_records else [METRICS_RECORD]
+                if stage == "train" and ARRAYS_RECORD not in msg.content.array_records:
+                    missing.append(ARRAYS_RECORD)
+                if missing:
+                    log.warning(
+                        "round %d: %s reply from node %d has no %s record; ignored",
+                        server_round,
+                        stage,
+                        msg.metadata.src_node_id,
+                        " or ".join(repr(m) for m in missing),
+                    )
+                    continue
+            kept.append(msg)
+        return kept
+
+
+class RecordingFedProx(RecordingStrategy, FedProx):
+    """FedProx (the proximal term is sent to, and added by, the hospitals) with the same recording."""
 
 
 def output_dir_for(settings: RunSettings, context: Context) -> Path:
@@ -107,33 +240,32 @@ def output_dir_for(settings: RunSettings, context: Context) -> Path:
     return Path.home() / "fedaaa-runs" / f"run-{context.run_id}"
 
 
-def make_strategy(settings: RunSettings, recorder: FederationRecorder) -> FedAvg:
-    common = dict(
+def make_strategy(settings: RunSettings, recorder: FederationRecorder) -> RecordingStrategy:
+    common: dict[str, Any] = dict(
         fraction_train=settings.fraction_train,
         fraction_evaluate=settings.fraction_evaluate,
         min_train_nodes=settings.min_nodes,
         min_evaluate_nodes=settings.min_nodes if settings.fraction_evaluate > 0 else 0,
         min_available_nodes=settings.min_nodes,
-        train_metrics_aggr_fn=recorder.aggregate_train,
-        evaluate_metrics_aggr_fn=recorder.aggregate_evaluate,
     )
     if settings.proximal_mu > 0:
-        return FedProx(proximal_mu=settings.proximal_mu, **common)
-    return FedAvg(**common)
+        return RecordingFedProx(recorder=recorder, proximal_mu=settings.proximal_mu, **common)
+    return RecordingStrategy(recorder=recorder, **common)
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    from fedaaa.common.model import initial_state  # builds the network (MONAI): only here, once
+
     settings = RunSettings.from_run_config(context.run_config)
     output_dir = output_dir_for(settings, context)
     torch.manual_seed(settings.seed)
     recorder = FederationRecorder(output_dir, settings)
-    run_config = settings.to_run_config()
     result = make_strategy(settings, recorder).start(
         grid=grid,
-        initial_arrays=ArrayRecord(AAANet().state_dict()),
+        initial_arrays=ArrayRecord(initial_state(recorder.arch)),
         num_rounds=settings.num_server_rounds,
-        train_config=ConfigRecord({k: run_config[k] for k in ROUND_KEYS}),
+        train_config=ConfigRecord(settings.round_config()),
         evaluate_fn=recorder.end_of_round,
     )
     path = recorder.finish(result.arrays, settings.num_server_rounds)

@@ -8,20 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedaaa.common.dicom_io import read_study
+from fedaaa.common.cache import InputCache
 from fedaaa.common.errors import ConfigError
+from fedaaa.common.io import read_study
+from fedaaa.common.metrics import auroc_from_histograms, evaluation_stats, sum_stats, summarize
 from fedaaa.common.model import AAANet, ModelFile, aaa_loss, load_model, save_model
-from fedaaa.common.preprocess import InputCache, PreprocessSettings, volume_to_input
+from fedaaa.common.preprocess import PreprocessSettings, volume_to_input
 from fedaaa.common.site import Site
-from fedaaa.common.training import (
-    TrainSettings,
-    auroc_from_histograms,
-    evaluate_local,
-    evaluation_stats,
-    sum_stats,
-    summarize,
-    train_local,
-)
+from fedaaa.common.training import TrainSettings, evaluate_local, train_local
 
 SETTINGS = PreprocessSettings()
 
