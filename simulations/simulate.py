@@ -14,12 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedaaa.common.cache import InputCache
 from fedaaa.common.config import PREPROCESS, RunSettings
 from fedaaa.common.errors import ConfigError
+from fedaaa.common.metrics import evaluation_stats, summarize
 from fedaaa.common.model import load_model
-from fedaaa.common.preprocess import InputCache
 from fedaaa.common.site import Site
-from fedaaa.common.training import evaluation_stats, pick_device, predict_dataset, summarize
+from fedaaa.common.training import pick_device, predict_dataset
+from fedaaa.simulations.defaults import DEFAULT_MATRIX, DEFAULT_SEED, DEFAULT_SITES, DEFAULT_STUDIES_PER_SITE
 from fedaaa.simulations.federation import run_local_federation
 from fedaaa.simulations.synth import default_sites, write_federation
 
@@ -28,10 +30,10 @@ from fedaaa.simulations.synth import default_sites, write_federation
 class SimulationPlan:
     output_dir: Path
     data_dir: Path
-    n_sites: int = 3
-    studies_per_site: int = 60
-    matrix: int = 128
-    seed: int = 0
+    n_sites: int = DEFAULT_SITES
+    studies_per_site: int = DEFAULT_STUDIES_PER_SITE
+    matrix: int = DEFAULT_MATRIX
+    seed: int = DEFAULT_SEED
 
 
 def _progress(console: Console) -> Progress:
