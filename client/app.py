@@ -12,16 +12,38 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import FLOWER_LOGGER
 
+from fedaaa.common.cache import InputCache
 from fedaaa.common.config import PREPROCESS, RunSettings
 from fedaaa.common.errors import ConfigError
 from fedaaa.common.model import AAANet
-from fedaaa.common.preprocess import InputCache
 from fedaaa.common.site import LoadedSplit, Site
 from fedaaa.common.training import evaluate_local, pick_device, train_local
 
 log = logging.getLogger("flwr.fedaaa.client")
 app = ClientApp()
+
+
+class _ToFlowerLog(logging.Handler):
+    """Hands FedAAA's own records (``fedaaa.*``: a study skipped at this site, with its reason) to
+    Flower's logger, so that they reach the node's log like the ClientApp's own lines instead of
+    falling to Python's last-resort handler."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        FLOWER_LOGGER.handle(record)
+
+
+def route_fedaaa_logs_to_flower() -> None:
+    """Attach the hand-over once per process (INFO and above)."""
+    fedaaa_log = logging.getLogger("fedaaa")
+    if not any(isinstance(h, _ToFlowerLog) for h in fedaaa_log.handlers):
+        fedaaa_log.addHandler(_ToFlowerLog(logging.INFO))
+    if fedaaa_log.getEffectiveLevel() > logging.INFO:
+        fedaaa_log.setLevel(logging.INFO)
+
+
+route_fedaaa_logs_to_flower()
 
 # Loaded splits stay in memory for the life of the process (a simulation's actors live across rounds;
 # a deployed SuperNode starts a process per message and relies on the on-disk cache instead).

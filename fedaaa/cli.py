@@ -121,8 +121,8 @@ def _progress_bar(console):
 def _cmd_site_check(args) -> int:
     from rich.console import Console
 
+    from fedaaa.common.cache import InputCache
     from fedaaa.common.config import PREPROCESS
-    from fedaaa.common.preprocess import InputCache
     from fedaaa.common.site import Site
     from fedaaa.common.site_check import check_site
 
@@ -192,22 +192,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def federation_flags(p, studies_default):
-        p.add_argument("--sites", type=int, default=3, help="number of hospitals (default 3)")
+    from fedaaa.simulations import defaults as sim
+
+    def federation_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--sites", type=int, default=sim.DEFAULT_SITES, help="number of hospitals (default %(default)s)")
         p.add_argument(
             "--studies-per-site",
             type=int,
-            default=studies_default,
-            help=f"mean studies per hospital (default {studies_default})",
+            default=sim.DEFAULT_STUDIES_PER_SITE,
+            help="mean studies per hospital (default %(default)s)",
         )
         p.add_argument(
-            "--matrix", type=int, default=128, help="in-plane matrix; 512 for realistic series (default 128)"
+            "--matrix",
+            type=int,
+            default=sim.DEFAULT_MATRIX,
+            help="in-plane matrix; 512 for realistic series (default %(default)s)",
         )
-        p.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")
+        p.add_argument(
+            "--seed", type=int, default=sim.DEFAULT_SEED, help="seed for data and training (default %(default)s)"
+        )
 
     p = sub.add_parser("synth", help="write synthetic hospitals as DICOM site folders")
     p.add_argument("--output", required=True, help="folder to write the site folders into")
-    federation_flags(p, 60)
+    federation_flags(p)
     p.set_defaults(func=_cmd_synth)
 
     from fedaaa.common.config import RunSettings
@@ -216,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="run a whole federation of synthetic hospitals on this machine")
     p.add_argument("--output", required=True, help="run folder: global_model.safetensors, history.json, plots")
     p.add_argument("--data", help="where the synthetic hospitals live (default OUTPUT/data; reused when present)")
-    federation_flags(p, 60)
+    federation_flags(p)
     p.add_argument(
         "--rounds", type=int, default=d.num_server_rounds, help=f"FedAvg rounds (default {d.num_server_rounds})"
     )

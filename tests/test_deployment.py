@@ -7,11 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fedaaa.common.model import load_model
 from fedaaa.common.site import Site
-from fedaaa.simulations.federation import free_port, stop_process_tree, wait_for_port, write_app_dir
+from fedaaa.simulations.federation import free_port, stop_process_tree, wait_for_port
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # a real SuperLink and two SuperNodes
 
 
 def _start(args: list[str], home: Path, log: Path) -> subprocess.Popen:
@@ -67,11 +72,12 @@ def test_superlink_and_two_supernodes_train_a_round(tiny_federation, cache_dir, 
         )
         out = tmp_path / "out"
         env = dict(os.environ, FLWR_HOME=str(tmp_path / "link"), FLWR_TELEMETRY_ENABLED="0")
+        # exactly what the README tells a coordinator: `flwr run .` from the repository root
         run = subprocess.run(
             [
                 str(BIN / "flwr"),
                 "run",
-                str(write_app_dir(tmp_path / "app")),
+                ".",
                 "test",
                 "--stream",
                 "--run-config",
@@ -80,6 +86,7 @@ def test_superlink_and_two_supernodes_train_a_round(tiny_federation, cache_dir, 
             capture_output=True,
             text=True,
             env=env,
+            cwd=ROOT,
             timeout=400,
         )
         assert (out / "global_model.safetensors").is_file(), run.stdout[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -102,8 +103,19 @@ def test_client_skips_a_broken_study_and_trains_on(tiny_federation, tmp_path):
         dst_node_id=7,
         message_type="train",
     )
-    metrics = dict(client_app.train(msg, _context(site, tmp_path / "cache")).content["metrics"])
+    from flwr.common.logger import FLOWER_LOGGER
+
+    seen: list[logging.LogRecord] = []
+    catcher = logging.Handler()
+    catcher.emit = seen.append  # what the node's log (Flower's handlers) receives
+    FLOWER_LOGGER.addHandler(catcher)
+    try:
+        metrics = dict(client_app.train(msg, _context(site, tmp_path / "cache")).content["metrics"])
+    finally:
+        FLOWER_LOGGER.removeHandler(catcher)
     assert metrics["skipped-studies"] == 1 and metrics["num-examples"] >= 1
+    skip_id = train_row.split(",")[0]
+    assert [r.getMessage() for r in seen if r.name == "fedaaa.site" and f"skipped study {skip_id}" in r.getMessage()]
     client_app._LOADED.clear()
 
 
@@ -115,6 +127,7 @@ def federation_run(tiny_federation, cache_dir, tmp_path_factory):
     return out, history
 
 
+@pytest.mark.slow
 def test_simulation_writes_checkpoints_history_and_model(federation_run):
     out, history = federation_run
     assert [r["round"] for r in history["rounds"]] == [0, 1, 2]
@@ -137,6 +150,7 @@ def _fedaaa(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fedaaa.cli", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_predict_answers_in_order_and_refuses_bad_inputs(federation_run, tiny_federation, tmp_path):
     out, _ = federation_run
     good = sorted((tiny_federation[0] / "studies").iterdir())[0]
