@@ -30,12 +30,12 @@ class Wander:
     phases: tuple[float, float]
     weights: tuple[float, float]  # sum to 1
 
-    def __call__(self, h):
+    def __call__(self, h: float | np.ndarray) -> float | np.ndarray:
         return self.amplitude * sum(
             self.weights[i] * np.sin(self.wavenumbers[i] * h + self.phases[i]) for i in range(2)
         )
 
-    def slope(self, h):
+    def slope(self, h: float | np.ndarray) -> float | np.ndarray:
         """d/dh of the displacement."""
         return self.amplitude * sum(
             self.weights[i] * self.wavenumbers[i] * np.cos(self.wavenumbers[i] * h + self.phases[i]) for i in range(2)
@@ -55,13 +55,13 @@ class AorticDiameter:
     peak_mm: float | None = None  # None: no bulge (normal aorta)
     sac_length_mm: float | None = None
 
-    def baseline(self, h):
+    def baseline(self, h: float | np.ndarray) -> float | np.ndarray:
         """Diameter without the bulge."""
         return self.at_bifurcation_mm + self.taper_mm * (np.asarray(h) - self.bifurcation_h) / (
             self.top_h - self.bifurcation_h
         )
 
-    def outer(self, h):
+    def outer(self, h: float | np.ndarray) -> float | np.ndarray:
         """Outer-wall diameter, bulge included."""
         if self.peak_mm is None:
             return self.baseline(h)
@@ -186,14 +186,14 @@ class Patient:
     anatomy: Anatomy
 
 
-def _draw_wander(rng, amp, lam=(80, 250)) -> Wander:
+def _draw_wander(rng: np.random.Generator, amp: float, lam: tuple[float, float] = (80, 250)) -> Wander:
     """A random :class:`Wander` of peak about ``amp`` mm and wavelengths within ``lam`` mm."""
     lam, ph, w = rng.uniform(*lam, 2), rng.uniform(0, 2 * np.pi, 2), rng.dirichlet([2, 2])
     k = 2 * np.pi / lam
     return Wander(amp, (float(k[0]), float(k[1])), (float(ph[0]), float(ph[1])), (float(w[0]), float(w[1])))
 
 
-def _draw_body(rng, male: bool) -> Body:
+def _draw_body(rng: np.random.Generator, male: bool) -> Body:
     """Trunk size, fat and muscle thickness, vertebra."""
     a, b = rng.uniform(*((150, 175) if male else (140, 165))), rng.uniform(*((110, 130) if male else (100, 120)))
     fat = float(np.clip(10 + (a - 140) * 0.5 + rng.normal(0, 4), 10, 30))
@@ -212,7 +212,9 @@ def _draw_body(rng, male: bool) -> Body:
     )
 
 
-def _draw_diameter(rng, top_h: float, bifurcation_h: float, male: bool, kind: str) -> AorticDiameter:
+def _draw_diameter(
+    rng: np.random.Generator, top_h: float, bifurcation_h: float, male: bool, kind: str
+) -> AorticDiameter:
     """Sex-specific baseline diameter; ectatic 25-29.5 mm or aneurysm 30-80 mm infrarenal bulge."""
     taper = rng.uniform(1.0, 2.5)
     d0 = float(np.clip(rng.normal(*((19.3, 1.8) if male else (16.7, 1.6))), 15.0, 24.0 - taper))
@@ -224,7 +226,7 @@ def _draw_diameter(rng, top_h: float, bifurcation_h: float, male: bool, kind: st
     return AorticDiameter(bifurcation_h, top_h, d0, taper, max_h=hp, peak_mm=peak, sac_length_mm=length)
 
 
-def _draw_thrombus(rng, kind: str) -> Thrombus | None:
+def _draw_thrombus(rng: np.random.Generator, kind: str) -> Thrombus | None:
     """Thrombus in 3 of 4 aneurysms (its parameters are drawn for every patient, to keep the draw order)."""
     present = kind == "aneurysm" and rng.random() < 0.75
     thrombus = Thrombus(
@@ -236,7 +238,9 @@ def _draw_thrombus(rng, kind: str) -> Thrombus | None:
     return thrombus if present else None
 
 
-def _draw_calcifications(rng, age: int, bifurcation_h: float, top_h: float) -> tuple[Calcification, ...]:
+def _draw_calcifications(
+    rng: np.random.Generator, age: int, bifurcation_h: float, top_h: float
+) -> tuple[Calcification, ...]:
     """2-6 calcifications, more likely with age (none below 50)."""
     if rng.random() >= np.clip((age - 50) / 30, 0, 0.9):
         return ()
@@ -253,7 +257,7 @@ def _draw_calcifications(rng, age: int, bifurcation_h: float, top_h: float) -> t
     )
 
 
-def _draw_kidney(rng, side: int, top_h: float, body: Body) -> Kidney:
+def _draw_kidney(rng: np.random.Generator, side: int, top_h: float, body: Body) -> Kidney:
     """The kidney on ``side`` (+1 left, -1 right), its upper pole near the top of the scan."""
     return Kidney(
         side=side,
@@ -267,7 +271,7 @@ def _draw_kidney(rng, side: int, top_h: float, body: Body) -> Kidney:
     )
 
 
-def _draw_bowel_loop(rng, body: Body) -> BowelLoop:
+def _draw_bowel_loop(rng: np.random.Generator, body: Body) -> BowelLoop:
     """A loop somewhere in front of the spine, gas-filled in 40% of cases."""
     a_in, b_in = body.inner_half_width, body.inner_half_depth
     return BowelLoop(

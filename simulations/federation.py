@@ -20,6 +20,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
 from fedaaa.common.config import RunSettings
 
@@ -31,7 +33,7 @@ class FederationError(RuntimeError):
     """The simulated federation did not produce a model; the message says why in one line."""
 
 
-def _toml_value(value) -> str:
+def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -160,11 +162,20 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _raise_interrupt(signum, frame):
+def _raise_interrupt(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _run(sites, output_dir, settings, cpus, log_file, env, on_round, on_line) -> dict:
+def _run(
+    sites: list[Path],
+    output_dir: Path,
+    settings: RunSettings,
+    cpus: int,
+    log_file: Path,
+    env: dict[str, str],
+    on_round: Callable[[int, int], None] | None,
+    on_line: Callable[[str], None] | None,
+) -> dict:
     with tempfile.TemporaryDirectory(prefix="fedaaa-flwr-") as tmp, log_file.open("w") as log:
         tmp = Path(tmp)
         env["FLWR_HOME"] = str(tmp / "home")

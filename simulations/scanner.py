@@ -71,7 +71,7 @@ class ScannerProfile:
     layout: str = "flat"  # one of LAYOUTS
     tortuosity: float = 0.0  # 0..1: wandering, oblique aortic centreline
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "extras", tuple(self.extras))
         for field, allowed in (
             ("contrast_phase", CONTRAST_PHASES),
@@ -162,15 +162,15 @@ class _Shape:
     sdf: Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def _circle(cx, cy, r) -> _Shape:
+def _circle(cx: float, cy: float, r: float) -> _Shape:
     return _Shape(cx - r, cx + r, cy - r, cy + r, lambda X, Y: np.hypot(X - cx, Y - cy) - r)
 
 
-def _ellipse(cx, cy, a, b, theta=0.0) -> _Shape:
+def _ellipse(cx: float, cy: float, a: float, b: float, theta: float = 0.0) -> _Shape:
     """Ellipse with semi-axes a (along angle theta) and b; first-order signed distance (f - 1) / |grad f|."""
     c, s = np.cos(theta), np.sin(theta)
 
-    def sdf(X, Y):
+    def sdf(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
         u, v = (X - cx) * c + (Y - cy) * s, (Y - cy) * c - (X - cx) * s
         f = np.sqrt((u / a) ** 2 + (v / b) ** 2)
         g = np.sqrt((u / a**2) ** 2 + (v / b**2) ** 2)
@@ -181,12 +181,12 @@ def _ellipse(cx, cy, a, b, theta=0.0) -> _Shape:
     return _Shape(cx - ex, cx + ex, cy - ey, cy + ey, sdf)
 
 
-def _tube(cx, cy, r, phi, sec) -> _Shape:
+def _tube(cx: float, cy: float, r: float, phi: float, sec: float) -> _Shape:
     """Axial cut of a straight tube of radius r tilted toward in-plane angle phi (sec = 1 / cos(tilt))."""
     return _circle(cx, cy, r) if sec == 1.0 else _ellipse(cx, cy, r * sec, r, phi)
 
 
-def _stretch(dx, dy, phi, sec):
+def _stretch(dx: float, dy: float, phi: float, sec: float) -> tuple[float, float]:
     """Map an offset in the tube's perpendicular section onto the axial plane (stretch sec along phi)."""
     c, s = np.cos(phi), np.sin(phi)
     u, v = (dx * c + dy * s) * sec, dy * c - dx * s
@@ -196,7 +196,7 @@ def _stretch(dx, dy, phi, sec):
 class _Grid:
     """The scanner's square pixel grid, centred on x = y = 0."""
 
-    def __init__(self, matrix: int, fov: float):
+    def __init__(self, matrix: int, fov: float) -> None:
         self.ps = fov / matrix
         self.c = -fov / 2 + self.ps / 2 + np.arange(matrix) * self.ps  # pixel centres, same for x and y
 
@@ -257,7 +257,7 @@ def _body_structures(body: Body) -> list[tuple[_Shape, float]]:
     ]
 
 
-def _slice_heights(anchor, cover, spacing):
+def _slice_heights(anchor: float, cover: float, spacing: float) -> np.ndarray:
     """Slice centre heights in [0, cover] on the grid anchor + m * spacing, head-most first."""
     m = np.arange(np.floor((cover - anchor) / spacing + 1e-9), np.ceil(-anchor / spacing - 1e-9) - 1, -1)
     return anchor + m * spacing
@@ -305,7 +305,9 @@ def _vessel_cuts(anatomy: Anatomy, aorta: _AorticSlices, k: int) -> list[_Vessel
     return [_VesselCut(aorta.x[k] + s * aorta.iliac_offset[k], y - r_il, r_il, 0.0, 1.0) for s in (1, -1)]
 
 
-def _paint_kidneys(img, grid: _Grid, anatomy: Anatomy, aorta: _AorticSlices, h: float, k: int, hu: float) -> None:
+def _paint_kidneys(
+    img: np.ndarray, grid: _Grid, anatomy: Anatomy, aorta: _AorticSlices, h: float, k: int, hu: float
+) -> None:
     """Kidney cuts on slice k (height h), kept at least 10 mm lateral to the aorta."""
     for kid in anatomy.kidneys:
         q = 1 - ((h - kid.h_centre) / kid.half_length) ** 2
@@ -317,7 +319,7 @@ def _paint_kidneys(img, grid: _Grid, anatomy: Anatomy, aorta: _AorticSlices, h: 
             grid.paint(img, _ellipse(kx, kid.y_mm, sa, sb, th), hu)
 
 
-def _paint_bowel(img, grid: _Grid, anatomy: Anatomy, vessels: list[_VesselCut], h: float) -> None:
+def _paint_bowel(img: np.ndarray, grid: _Grid, anatomy: Anatomy, vessels: list[_VesselCut], h: float) -> None:
     """Loops inside the visceral cavity, in front of the spine and at least 15 mm from every vessel."""
     body = anatomy.body
     a_in, b_in = body.inner_half_width, body.inner_half_depth
@@ -332,7 +334,9 @@ def _paint_bowel(img, grid: _Grid, anatomy: Anatomy, vessels: list[_VesselCut], 
             grid.paint(img, _circle(bx, by, r - 2), loop.content_hu)
 
 
-def _paint_vessel(img, grid: _Grid, v: _VesselCut, aorta: Aorta, baseline: float | None, lumen_hu: float) -> None:
+def _paint_vessel(
+    img: np.ndarray, grid: _Grid, v: _VesselCut, aorta: Aorta, baseline: float | None, lumen_hu: float
+) -> None:
     """Wall, thrombus (where ``baseline``, the aortic diameter without the bulge, is given) and lumen."""
     grid.paint(img, _tube(v.x, v.y, v.radius, v.phi, v.sec), _HU["vessel_wall"])
     ri, t = v.radius - aorta.wall_mm, aorta.thrombus  # inner wall radius
@@ -348,7 +352,9 @@ def _paint_vessel(img, grid: _Grid, v: _VesselCut, aorta: Aorta, baseline: float
         grid.paint(img, _tube(v.x, v.y, rl, v.phi, v.sec), lumen_hu)
 
 
-def _paint_calcifications(img, grid: _Grid, anatomy: Anatomy, aorta: _AorticSlices, h: float, k: int) -> None:
+def _paint_calcifications(
+    img: np.ndarray, grid: _Grid, anatomy: Anatomy, aorta: _AorticSlices, h: float, k: int
+) -> None:
     """Wall calcifications crossing slice k (height h)."""
     x, y, phi, sec = aorta.x[k], aorta.y[k], aorta.phi[k], aorta.sec[k]
     for c in anatomy.aorta.calcifications:
@@ -392,7 +398,9 @@ def scan_patient(patient: Patient, profile: ScannerProfile) -> SyntheticStudy:
     return _study(patient, profile, grid, h, aorta, hu)
 
 
-def _study(patient: Patient, profile: ScannerProfile, grid: _Grid, h, aorta: _AorticSlices, hu) -> SyntheticStudy:
+def _study(
+    patient: Patient, profile: ScannerProfile, grid: _Grid, h: np.ndarray, aorta: _AorticSlices, hu: np.ndarray
+) -> SyntheticStudy:
     """Wrap the sampled slices and the per-slice aortic truth as a :class:`SyntheticStudy`."""
     z, aortic, D = patient.anatomy.z_lo_mm + h, aorta.aortic, aorta.diameter
     k_max = int(np.argmax(D))

@@ -117,7 +117,7 @@ def round_table(history: dict) -> Table:
     for col in ("round", "sites", "train loss", "val AUROC", "val sens", "val spec", "val MAE mm", "elapsed s"):
         table.add_column(col, justify="right")
 
-    def fmt(v, spec=".3f"):
+    def fmt(v: float | None, spec: str = ".3f") -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
     for r in history["rounds"]:

@@ -29,7 +29,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -285,7 +285,7 @@ def write_variant(
 
 
 # ---------------------------------------------------------------------------------------------- sites
-def _split(labels: np.ndarray, splits, rng) -> np.ndarray:
+def _split(labels: np.ndarray, splits: Sequence[float], rng: np.random.Generator) -> np.ndarray:
     """Stratified train/val/test assignment (largest remainder per class)."""
     out = np.empty(len(labels), dtype=object)
     frac = np.asarray(splits, float) / sum(splits)
@@ -311,7 +311,7 @@ def _is_complete(site: Path, meta: dict) -> bool:
     )
 
 
-def _write_csv(path: Path, columns, rows) -> None:
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
@@ -321,7 +321,11 @@ def _write_csv(path: Path, columns, rows) -> None:
 
 
 def write_site(
-    root: Path, spec: SiteSpec, splits=(0.7, 0.15, 0.15), *, progress: Callable[[str], None] | None = None
+    root: Path,
+    spec: SiteSpec,
+    splits: Sequence[float] = (0.7, 0.15, 0.15),
+    *,
+    progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Write ``root/spec.name`` (manifest.csv, truth.csv, studies/<id>/...) and return that folder.
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,7 +69,7 @@ _SYNTAX = {
 _PHASE_TEXT = {"arterial": "Abdomen arterial", "portal": "Abdomen portal venous", "none": "Abdomen non-contrast"}
 
 
-def _ds(v) -> DSfloat:
+def _ds(v: float) -> DSfloat:
     return DSfloat(float(v), auto_format=True)
 
 
@@ -97,7 +98,15 @@ def encode_pixels(hu: np.ndarray, profile: ScannerProfile) -> tuple[np.ndarray, 
     return out, intercept
 
 
-def _oriented(px, z, ps, origin, spacing, orientation, feet_first):
+def _oriented(
+    px: np.ndarray,
+    z: np.ndarray,
+    ps: float,
+    origin: tuple[float, float],
+    spacing: float,
+    orientation: str,
+    feet_first: bool,
+) -> tuple[np.ndarray, np.ndarray, list[int], list[float], float, np.ndarray, np.ndarray]:
     """Images of one series as transmitted: (images, IPP per image, IOP, PixelSpacing [row, col],
     spacing between images, InstanceNumber per image, SliceLocation per image)."""
     n, m = px.shape[:2]
@@ -115,14 +124,16 @@ def _oriented(px, z, ps, origin, spacing, orientation, feet_first):
     return px[:, :: -1 if rev_r else 1, :: -1 if rev_c else 1], ipp, iop, [ps, ps], spacing, inst, z
 
 
-def _ranks(order: str, n: int, rng) -> np.ndarray:
+def _ranks(order: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """Name rank of the file of each InstanceNumber - 1."""
     if order == "shuffled":
         return rng.permutation(n)
     return np.arange(n) if order == "ascending" else n - 1 - np.arange(n)
 
 
-def _file_paths(folder: Path, profile, counts: dict[int, int], rng) -> dict[int, list[Path]]:
+def _file_paths(
+    folder: Path, profile: ScannerProfile, counts: dict[int, int], rng: np.random.Generator
+) -> dict[int, list[Path]]:
     """File path of every DICOM file, by series number and InstanceNumber - 1 (primary series first)."""
     if profile.layout == "nested":
         out = {}
@@ -155,7 +166,7 @@ def _new(common: Dataset, sop_class: str, syntax: str) -> Dataset:
     return ds
 
 
-def _image_pixel(ds, rows, cols, profile=None):
+def _image_pixel(ds: Dataset, rows: int, cols: int, profile: ScannerProfile | None = None) -> None:
     """Greyscale 16-bit pixel description as ``profile`` stores it (None: unsigned 12 bit, no padding)."""
     signed = bool(profile and profile.signed)
     ds.SamplesPerPixel = 1
@@ -169,7 +180,17 @@ def _image_pixel(ds, rows, cols, profile=None):
         ds.PixelPaddingValue = padding_value(profile)
 
 
-def _write_slices(ds, images, ipp, inst, loc, paths, uid, key, syntax):
+def _write_slices(
+    ds: Dataset,
+    images: np.ndarray | list[np.ndarray],
+    ipp: np.ndarray | list[tuple[float, float, float]],
+    inst: np.ndarray | list[int],
+    loc: np.ndarray | list[float],
+    paths: list[Path],
+    uid: Callable[..., str],
+    key: str,
+    syntax: str,
+) -> None:
     """One file per image; ``ds`` carries everything but the per-image attributes."""
     compress = syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
     for i, img in enumerate(images):
@@ -184,7 +205,20 @@ def _write_slices(ds, images, ipp, inst, loc, paths, uid, key, syntax):
         _save(ds, paths[int(inst[i]) - 1])
 
 
-def _write_enhanced(ds, images, ipp, iop, spacing_rc, spacing, thickness, inst, image_type, path, uid, intercept):
+def _write_enhanced(
+    ds: Dataset,
+    images: np.ndarray,
+    ipp: np.ndarray,
+    iop: list[int],
+    spacing_rc: list[float],
+    spacing: float,
+    thickness: float,
+    inst: np.ndarray,
+    image_type: list[str],
+    path: Path,
+    uid: Callable[..., str],
+    intercept: int,
+) -> None:
     """The whole series as one Enhanced CT Image Storage multi-frame file, frames in InstanceNumber order."""
     order = np.argsort(inst)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = uid("enhanced")
@@ -240,15 +274,15 @@ def _write_enhanced(ds, images, ipp, iop, spacing_rc, spacing, thickness, inst, 
     _save(ds, path)
 
 
-def _dose_sr(ds: Dataset, profile, coverage_mm: float) -> None:
+def _dose_sr(ds: Dataset, profile: ScannerProfile, coverage_mm: float) -> None:
     """Minimal CT radiation dose report content (TID 10011): CTDIvol and DLP, derived from kVp and coverage."""
 
-    def code(value, meaning, scheme="DCM"):
+    def code(value: str, meaning: str, scheme: str = "DCM") -> list[Dataset]:
         c = Dataset()
         c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning = value, scheme, meaning
         return [c]
 
-    def num(value, meaning, number, unit):
+    def num(value: str, meaning: str, number: float, unit: str) -> Dataset:
         item = Dataset()
         item.RelationshipType, item.ValueType, item.ConceptNameCodeSequence = "CONTAINS", "NUM", code(value, meaning)
         mv = Dataset()
@@ -257,7 +291,7 @@ def _dose_sr(ds: Dataset, profile, coverage_mm: float) -> None:
         item.MeasuredValueSequence = [mv]
         return item
 
-    def container(value, meaning, children):
+    def container(value: str, meaning: str, children: list[Dataset]) -> Dataset:
         item = Dataset()
         item.RelationshipType, item.ValueType = "CONTAINS", "CONTAINER"
         item.ConceptNameCodeSequence, item.ContinuityOfContent = code(value, meaning), "SEPARATE"
@@ -293,7 +327,7 @@ def _dose_sr(ds: Dataset, profile, coverage_mm: float) -> None:
 _DS_STORE = b"\x00\x00\x00\x01Bud1" + bytes(range(256)) * 8
 
 
-def _write_stray(folder: Path, study_id: str, uid) -> None:
+def _write_stray(folder: Path, study_id: str, uid: Callable[..., str]) -> None:
     (folder / "README.txt").write_text(f"Exported by SYNTH PACS for study {study_id}.\nNot for diagnostic use.\n")
     (folder / ".DS_Store").write_bytes(_DS_STORE)
     ds = Dataset()
@@ -357,7 +391,7 @@ def write_study(
     common.StudyInstanceUID = uid("study")
     common.StudyID = study_id[-16:]
 
-    def ct(series_no, description, image_type):
+    def ct(series_no: int, description: str, image_type: list[str]) -> Dataset:
         ds = _new(common, CTImageStorage, syntax)
         ds.ImageType = image_type
         ds.SeriesDescription = description
