@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,18 @@ import torch
 
 from fedaaa.common.errors import StudyError
 from fedaaa.common.io import StudyInfo
+from fedaaa.common.io.nifti import is_nifti
+from fedaaa.common.io.walk import (
+    HEAD_BYTES,
+    MAX_FILE_BYTES,
+    StudyPathError,
+    check_study_path,
+    looks_like_dicom,
+    open_regular,
+    read_head,
+    safe_resolve,
+    walk_study,
+)
 from fedaaa.common.preprocess import UnforeseenFailure, load_study
 from fedaaa.common.settings import PreprocessSettings
 
@@ -29,24 +42,54 @@ def default_cache_dir() -> Path:
 
 # Bump when reading or preprocessing code changes what a study becomes: old cache entries then miss.
 # 3: typed study facts (StudyInfo) in the records; the input-grid guard.
-PIPELINE_VERSION = 3
+# 4: budgets from headers, stray files skipped by their first bytes, the safe walk (skip warnings).
+PIPELINE_VERSION = 4
 INDEX_FILE = "content-index.json"
 INDEX_VERSION = 1
 
 
+def _study_walk(path: Path) -> tuple[list[Path], str]:
+    """The study's files as the reader sees them (:func:`~fedaaa.common.io.walk.walk_study`: no hidden
+    entries, no FIFOs or devices, no link leaving the study, bounded depth and count), or the study file
+    itself, and what was skipped (its warnings depend on it). A study path that is neither a folder nor a
+    regular file raises :class:`~fedaaa.common.io.walk.StudyPathError` (an ``OSError``) before anything is
+    opened."""
+    st = check_study_path(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return [path], ""
+    walk = walk_study(path)
+    return walk.files, json.dumps(sorted(walk.skipped.items()))
+
+
 def _study_files(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return _study_walk(path)[0]
+
+
+def _hash_file(h: hashlib._Hash, f: Path) -> None:
+    fd = open_regular(f)
+    with os.fdopen(fd, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
 
 
 def content_digest(path: Path) -> str:
-    """SHA-256 of a study's bytes: every file's relative name and content, in name order."""
+    """SHA-256 of what a study's reading depends on, file by file in name order: the relative name and
+    the whole content of every file the reader may parse; for a file it skips by its first bytes (a stray:
+    no DICOM preamble or element tag) or by its size, only its name, size and first 132 bytes, which are
+    all that decide the skip. Only regular files returned by the safe walk are ever opened."""
     h = hashlib.sha256()
     path = Path(path)
-    for f in _study_files(path):
-        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}\0".encode())
-        with f.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
+    files, skipped = _study_walk(path)
+    h.update(f"{skipped}\0".encode())
+    single = files == [path]
+    for f in files:
+        h.update(f"{f.name if single else f.relative_to(path)}\0".encode())
+        size = os.stat(f).st_size
+        whole = (single and is_nifti(f)) or (size <= MAX_FILE_BYTES and looks_like_dicom(read_head(f)) is not None)
+        if whole:
+            _hash_file(h, f)
+        else:
+            h.update(f"stray\0{size}\0".encode() + read_head(f, HEAD_BYTES))
     return h.hexdigest()
 
 
@@ -55,7 +98,9 @@ def fingerprint(path: Path) -> str:
     change times (ns) and inode. Any write, copy, ``touch`` or ``utime`` changes it (ctime cannot be set back)."""
     h = hashlib.sha256()
     path = Path(path)
-    for f in _study_files(path):
+    files, skipped = _study_walk(path)
+    h.update(f"{skipped}\0".encode())
+    for f in files:
         st = f.stat()
         rel = f.relative_to(path) if path.is_dir() else f.name
         h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
@@ -202,10 +247,12 @@ class InputCache:
 
     def prepare(self, path: str | Path, key: str | None = None) -> tuple[str, Outcome]:
         """Make sure the study's entry exists; returns (key, outcome). Refusals are recorded too."""
-        path = Path(path).resolve()
+        path = safe_resolve(path)
         if key is None:
             try:
                 key = self.key(path)
+            except StudyPathError as exc:  # a FIFO, a device, a link loop, too many files: nothing opened
+                return "", Outcome(error=exc.reason)
             except OSError as exc:  # missing or unreadable files: nothing to cache
                 reason = "does not exist" if not path.exists() else f"cannot be read ({exc.strerror or exc})"
                 return "", Outcome(error=reason)
@@ -233,7 +280,7 @@ class InputCache:
 
     def load(self, path: str | Path) -> torch.Tensor:
         """The model input of one study; raises :class:`StudyError` when it is refused."""
-        path = Path(path).resolve()
+        path = safe_resolve(path)
         key, outcome = self.prepare(path)
         self.save_index()
         if outcome.error is not None:
@@ -244,7 +291,7 @@ class InputCache:
 def _relative(source: str | Path, study: Path) -> str:
     """Where inside the study a refusal points (a file name), never an absolute path."""
     try:
-        rel = Path(source).resolve().relative_to(study)
+        rel = safe_resolve(source).relative_to(study)
     except (ValueError, OSError):
         return ""
     return "" if str(rel) == "." else str(rel)

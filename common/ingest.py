@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fedaaa.common.cache import InputCache, Outcome
 from fedaaa.common.io import StudyInfo
+from fedaaa.common.io.walk import safe_resolve
 from fedaaa.common.preprocess import PreprocessSettings
 
 Progress = Callable[[int, int], None]  # (studies done, studies in all)
@@ -65,7 +66,7 @@ def prepare_studies(
     misses = []
     for i, path in enumerate(paths):
         key, outcome = "", None
-        path = Path(path).resolve()
+        path = safe_resolve(path)  # a link loop is refused by prepare(), not raised here
         try:
             key = cache.key(path, rehash=rehash)
             outcome = cache.record(key)

@@ -20,6 +20,7 @@ from monai.transforms import (
 
 from fedaaa.common.errors import StudyError, describe
 from fedaaa.common.io import CTVolume, StudyInfo, read_study
+from fedaaa.common.io.volume import canonical_grid
 from fedaaa.common.settings import PreprocessSettings  # defined there: light to import
 
 BODY_LEVEL = 0.02  # scaled intensity above which a voxel is body (fat and denser), not air
@@ -76,15 +77,25 @@ def volume_to_input(volume: CTVolume, settings: PreprocessSettings) -> torch.Ten
     return build_transform(settings)({"image": image})["image"]
 
 
-def check_input_grid(source: str | Path, volume: CTVolume, settings: PreprocessSettings) -> None:
-    """Refuse, before any resampling, a volume whose grid at the input spacing would exceed
+def check_grid(
+    source: str | Path, shape: tuple[int, ...], spacing: tuple[float, ...], settings: PreprocessSettings
+) -> None:
+    """Refuse a canonical grid (shape, voxel size in mm) whose resampling to the input spacing would exceed
     :data:`MAX_RESAMPLED_VOXELS` (an absurd PixelSpacing or NIfTI zoom would make the resampler ask for
     gigabytes or terabytes)."""
-    extent = np.asarray(volume.hu.shape, dtype=float) * np.asarray(volume.spacing, dtype=float)
-    voxels = float(np.prod(np.ceil(extent / np.asarray(settings.spacing_mm, dtype=float))))
+    with np.errstate(all="ignore"):
+        extent = np.asarray(shape, dtype=float) * np.asarray(spacing, dtype=float)
+        voxels = float(np.prod(np.ceil(extent / np.asarray(settings.spacing_mm, dtype=float))))
     if not np.isfinite(voxels) or voxels > MAX_RESAMPLED_VOXELS:
         size = " x ".join(f"{e:.0f}" for e in extent)
         raise StudyError(source, f"a field of view of {size} mm is not a CT study: check the voxel size (PixelSpacing)")
+
+
+def check_input_grid(source: str | Path, volume: CTVolume, settings: PreprocessSettings) -> None:
+    """Refuse, before any resampling, a volume whose grid at the input spacing would exceed
+    :data:`MAX_RESAMPLED_VOXELS`. :func:`load_study` already applies the same check to the headers' grid
+    before any pixel is decoded (:func:`check_grid`); this is the last guard before the resampler."""
+    check_grid(source, volume.hu.shape, volume.spacing, settings)
 
 
 class UnforeseenFailure(StudyError):
@@ -102,7 +113,7 @@ def load_study(path: str | Path, settings: PreprocessSettings) -> tuple[torch.Te
     """
     path = Path(path)
     try:
-        volume = read_study(path)
+        volume = read_study(path, lambda shape, affine: check_grid(path, *canonical_grid(shape, affine), settings))
         check_input_grid(path, volume, settings)
         return volume_to_input(volume, settings), volume.info
     except StudyError:

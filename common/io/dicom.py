@@ -22,7 +22,19 @@ from pydicom.pixels import pixel_array
 from scipy.ndimage import shift as nd_shift
 
 from fedaaa.common.errors import StudyError, describe
-from fedaaa.common.io.volume import AIR_HU, MIN_SLICES, CTVolume, StudyInfo, check_coverage, finish_volume
+from fedaaa.common.io.volume import (
+    AIR_HU,
+    MAX_VOXELS,
+    MIN_SLICES,
+    CTVolume,
+    GridCheck,
+    StudyInfo,
+    check_budget,
+    check_coverage,
+    finish_volume,
+    human_bytes,
+)
+from fedaaa.common.io.walk import MAX_FILE_BYTES, StudyPathError, Walk, looks_like_dicom, read_head, walk_study
 
 __all__ = ["read_dicom"]
 
@@ -65,24 +77,27 @@ class _Frame:
 
 
 # --------------------------------------------------------------------------------------- scanning
-def _files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)
-    )
-
-
-def _has_dicom_magic(path: Path) -> bool:
+def _files(folder: Path) -> Walk:
+    """The study folder's regular files and what was skipped (:func:`~fedaaa.common.io.walk.walk_study`)."""
     try:
-        with path.open("rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
+        return walk_study(folder)
+    except StudyPathError as exc:
+        raise StudyError(folder, exc.reason) from None
 
 
 def _read_header(path: Path) -> pydicom.Dataset | None:
-    """The file's dataset (pixel data left on disk), None when it is not DICOM at all."""
-    magic = _has_dicom_magic(path)
+    """The file's dataset (pixel data left on disk), None when it is not DICOM at all.
+
+    Only the first 132 bytes decide whether the file is parsed: with the preamble and ``DICM`` it is (and
+    a file that then fails to parse refuses the study); without them, only a file starting with a DICOM
+    element tag (group 0x0002 or 0x0008) is tried, leniently; anything else is a stray, never parsed."""
+    try:
+        kind = looks_like_dicom(read_head(path))
+    except OSError:
+        return None  # unreadable or no longer a regular file: counted with the files that are not DICOM
+    if kind is None:
+        return None
+    magic = kind == "magic"
     try:
         ds = pydicom.dcmread(path, defer_size="1 KB", force=not magic)
         if not magic and "SOPClassUID" not in ds:
@@ -443,6 +458,8 @@ def _pixels(geo: _Geometry) -> np.ndarray:
         raise StudyError(geo.frames[0].path, "missing or invalid Rows/Columns") from exc
     if min(shape) < 16 or max(shape) > 4096:
         raise StudyError(geo.frames[0].path, f"image size {shape[0]}x{shape[1]} is not a CT slice")
+    if geo.n_slots * shape[0] * shape[1] > MAX_VOXELS:  # (read_dicom checks this first; kept next to np.empty)
+        raise StudyError(geo.frames[0].path, f"{geo.n_slots} slices of {shape[0]}x{shape[1]} exceed the voxel limit")
     hu = np.empty((geo.n_slots, shape[0], shape[1]), np.float32)  # filled slice by slice, contiguous
     cache: dict[Path, np.ndarray] = {}
     for f, slot, (si, sj) in zip(geo.frames, geo.slot, geo.shifts):
@@ -451,6 +468,7 @@ def _pixels(geo: _Geometry) -> np.ndarray:
             del f.ds.PixelData  # decoded: keep only the header in memory
         else:  # a multi-frame file: decode once
             if f.path not in cache:
+                _check_frames_budget(f.path, f.ds)
                 cache[f.path] = _decode(f.path, f.ds, None)
             whole = cache[f.path]
             stored = whole[f.index] if whole.ndim == 3 else whole
@@ -475,15 +493,48 @@ def _pixels(geo: _Geometry) -> np.ndarray:
     return hu.transpose(2, 1, 0)  # [column, row, slot], a view
 
 
+def _check_frames_budget(path: Path, ds: pydicom.Dataset) -> None:
+    """A multi-frame file is decoded whole: refuse, from its header, one whose decoded pixels would exceed
+    the memory of a float32 volume of :data:`MAX_VOXELS` voxels."""
+    try:
+        n = int(ds.get("NumberOfFrames") or 1) * int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
+        nbytes = n * max(1, int(ds.get("BitsAllocated") or 16) // 8)
+    except Exception as exc:  # a value of the wrong type or length
+        raise StudyError(path, "invalid NumberOfFrames, Rows, Columns, SamplesPerPixel or BitsAllocated") from exc
+    if nbytes > 4 * MAX_VOXELS:
+        raise StudyError(
+            path,
+            f"the multi-frame header declares {human_bytes(nbytes)} of pixel data, over the "
+            f"{human_bytes(4 * MAX_VOXELS)} limit",
+        )
+
+
+def _grid(path: Path, geo: _Geometry) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The voxel grid (columns, rows, slices) and its RAS affine, from the headers only."""
+    ds = geo.frames[0].ds
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except Exception as exc:  # absent, or a value of the wrong length
+        raise StudyError(geo.frames[0].path, "missing or invalid Rows/Columns") from exc
+    return (cols, rows, geo.n_slots), LPS_TO_RAS @ geo.affine_lps
+
+
 # --------------------------------------------------------------------------------------- entry points
-def _headers(path: Path) -> tuple[list[tuple[Path, pydicom.Dataset]], int]:
+def _headers(path: Path) -> tuple[list[tuple[Path, pydicom.Dataset]], int, list[str]]:
+    """The DICOM headers of the study, the number of files set aside and the warnings saying why."""
     if path.is_file():
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise StudyError(
+                path, f"the file is {human_bytes(size)}, over the {MAX_FILE_BYTES >> 30} GiB limit for one DICOM file"
+            )
         ds = _read_header(path)
         if ds is None:
             raise StudyError(path, "is neither a DICOM file nor a NIfTI (.nii, .nii.gz) file")
-        return [(path, ds)], 0
+        return [(path, ds)], 0, []
+    walk = _files(path)
     headers, not_dicom = [], 0
-    for file in _files(path):
+    for file in walk.files:
         if file.name.upper() == "DICOMDIR":
             continue
         ds = _read_header(file)
@@ -491,30 +542,39 @@ def _headers(path: Path) -> tuple[list[tuple[Path, pydicom.Dataset]], int]:
             not_dicom += 1
         else:
             headers.append((file, ds))
+    warnings = walk.warnings()
     if not headers:
-        raise StudyError(
-            path, f"no readable DICOM files ({not_dicom} files are not DICOM)" if not_dicom else "empty folder"
-        )
-    return headers, not_dicom
+        found = ([f"{not_dicom} file{'s are' if not_dicom != 1 else ' is'} not DICOM"] if not_dicom else []) + warnings
+        if not found:
+            raise StudyError(path, "empty folder")
+        raise StudyError(path, f"no readable DICOM files ({'; '.join(found)})")
+    if not_dicom:
+        warnings.insert(0, f"ignored {not_dicom} non-DICOM file{'s' * (not_dicom > 1)}")
+    return headers, not_dicom + walk.n_skipped, warnings
 
 
-def read_dicom(path: Path) -> CTVolume:
+def read_dicom(path: Path, check_grid: GridCheck | None = None) -> CTVolume:
     """The primary CT series of a study folder (or one multi-frame file) in HU, canonical RAS.
 
-    Raises :class:`StudyError`; an unforeseen library failure may escape (:func:`~fedaaa.common.io.read_study`
-    words it)."""
-    headers, not_dicom = _headers(path)
+    Every budget is decided from the headers before any pixel is decoded: the voxel count
+    (:data:`~fedaaa.common.io.volume.MAX_VOXELS`), the voxel size, and ``check_grid`` (the caller's own
+    check of the grid, e.g. the resampled size). Raises :class:`StudyError`; an unforeseen library failure
+    may escape (:func:`~fedaaa.common.io.read_study` words it)."""
+    headers, skipped_files, file_warnings = _headers(path)
     chosen, skipped = _choose_series(path, headers)
     geo = _geometry(path, chosen.frames)
     check_coverage(path, geo.spacing, geo.n_slots)  # before decoding anything
+    shape, affine = _grid(path, geo)
+    check_budget(path, "the series", shape, affine)
+    if check_grid is not None:
+        check_grid(shape, affine)
     hu = _pixels(geo)
     first = geo.frames[0]
     ds0 = first.ds
     warnings = list(geo.warnings)
     if chosen.plane != "axial":
         warnings.append(f"no axial series: the {chosen.plane} series was reoriented to axial")
-    if not_dicom:
-        warnings.append(f"ignored {not_dicom} non-DICOM file{'s' * (not_dicom > 1)}")
+    warnings.extend(file_warnings)
     shared = (ds0.get("SharedFunctionalGroupsSequence") or [None])[0]
     raw_thickness = (
         ds0.get("SliceThickness")
@@ -537,7 +597,7 @@ def read_dicom(path: Path) -> CTVolume:
         series=chosen.label,
         plane=chosen.plane,
         skipped_series=tuple(skipped),
-        skipped_files=not_dicom,
+        skipped_files=skipped_files,
         warnings=tuple(warnings),
     )
     return finish_volume(path, hu, LPS_TO_RAS @ geo.affine_lps, info)

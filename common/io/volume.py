@@ -4,6 +4,7 @@ typed facts of the acquisition it came from."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -15,6 +16,17 @@ from fedaaa.common.errors import StudyError
 AIR_HU = -1024.0
 MIN_SLICES = 8
 MIN_COVERAGE_MM = 60.0
+# Budgets decided from headers, before any pixel is decoded or any voxel allocated.
+# 512 x 512 x 2048 voxels: a 512 x 512 x 2000 CT passes. One float32 copy of such a volume is 2 GiB; reading
+# and preprocessing hold at most about four (the HU volume, its contiguous copy, the scaled copy, masks), so
+# the largest accepted study needs about 8 GiB of memory; a usual 512 x 512 x 400 CT about 1.7 GB.
+MAX_VOXELS = 512 * 512 * 2048
+MIN_VOXEL_MM = 0.05  # a voxel edge outside 0.05-50 mm is not a CT voxel (a unit or header error)
+MAX_VOXEL_MM = 50.0
+
+# Called by the readers with the voxel grid (shape) and its RAS affine once the headers are read, before any
+# pixel is decoded: ``load_study`` refuses there a grid that the resampler could not hold.
+GridCheck = Callable[[tuple[int, int, int], np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -108,6 +120,54 @@ def canonical(hu: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """Reorder/flip voxel axes so that they point Right, Anterior, Superior; the affine follows."""
     ornt = io_orientation(affine)
     return apply_orientation(hu, ornt), affine @ inv_ornt_aff(ornt, hu.shape)  # a view: no copy
+
+
+def canonical_grid(
+    shape: tuple[int, ...], affine: np.ndarray
+) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """The canonical (RAS) shape and voxel size of a grid, from its shape and affine only (no voxel data)."""
+    ornt = io_orientation(affine)
+    sizes = np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
+    out_shape, out_size = [0, 0, 0], [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(ornt[:3]):
+        t = int(target) if np.isfinite(target) else axis
+        out_shape[t], out_size[t] = int(shape[axis]), float(sizes[axis])
+    return (out_shape[0], out_shape[1], out_shape[2]), (out_size[0], out_size[1], out_size[2])
+
+
+def human_bytes(n: float) -> str:
+    """``8.6 GB``, ``131 kB``: a byte count for a sentence."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} bytes"
+
+
+def check_budget(
+    source: str | Path, what: str, shape: tuple[int, ...], affine: np.ndarray, bytes_per_voxel: float = 4.0
+) -> None:
+    """Refuse, from headers alone, a grid over :data:`MAX_VOXELS` voxels or with a voxel edge that is not
+    finite or outside :data:`MIN_VOXEL_MM`-:data:`MAX_VOXEL_MM`: one sentence, before any allocation."""
+    voxels = float(np.prod([float(n) for n in shape])) if len(shape) else 0.0
+    dims = " x ".join(str(int(n)) for n in shape)
+    if voxels > MAX_VOXELS:
+        raise StudyError(
+            source,
+            f"{what} declares {dims} voxels ({human_bytes(voxels * bytes_per_voxel)}), over the limit of "
+            f"{MAX_VOXELS / 1e6:.0f} million voxels",
+        )
+    affine = np.asarray(affine, dtype=float)
+    sizes = np.linalg.norm(affine[:3, :3], axis=0) if affine.shape == (4, 4) else np.array([np.nan])
+    if not np.all(np.isfinite(affine)) or not np.all(np.isfinite(sizes)):
+        raise StudyError(source, f"{what} gives a voxel size or position that is not a finite number")
+    if np.any(sizes < MIN_VOXEL_MM) or np.any(sizes > MAX_VOXEL_MM):
+        fov = " x ".join(f"{float(n) * s:.3g}" for n, s in zip(shape, sizes))
+        size = " x ".join(f"{s:.3g}" for s in sizes)
+        raise StudyError(
+            source,
+            f"a voxel size of {size} mm (field of view {fov} mm) is not a CT study: each voxel edge must be "
+            f"{MIN_VOXEL_MM}-{MAX_VOXEL_MM:.0f} mm (check the voxel size, PixelSpacing)",
+        )
 
 
 def check_coverage(source: str | Path, slice_spacing_mm: float, n_slices: int) -> None:
