@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import logging
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedaaa.common.cache import InputCache
-from fedaaa.common.errors import ConfigError
+from fedaaa.common.errors import REASON_LIMIT, ConfigError, describe, printable
 from fedaaa.common.ingest import Prepared, Progress, prepare_studies
 from fedaaa.common.preprocess import PreprocessSettings
 
@@ -20,6 +24,13 @@ log = logging.getLogger("fedaaa.site")
 
 REQUIRED_COLUMNS = ("study_id", "path", "aaa", "max_diameter_mm")
 SPLITS = ("train", "val", "test")
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # a manifest of a million studies is about 60 MB
+MAX_MANIFEST_ROWS = 200_000
+SHOWN = 60  # characters of a manifest value quoted back in an error
+
+# Refusals of a study's path, before any byte of it is read (site_check maps them to "unsafe path" or
+# "study not found"; keep the wording in step with site_check.refusal_category).
+PATH_MISSING = "study path does not exist"
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,24 @@ class Study:
     max_diameter_mm: float  # NaN when the report gave no diameter
     split: str = "train"
     sex: str = ""
+    problem: str = ""  # why the manifest's path is refused outright (absolute, "..", control characters)
+
+
+def _shown(value: str) -> str:
+    return repr(printable(value, SHOWN))
+
+
+def _path_syntax_problem(rel: str) -> str:
+    """Why a manifest ``path`` value is refused without looking at the disk ("" when it is not)."""
+    if "\x00" in rel:
+        return "unsafe path: the study path holds a NUL character"
+    if printable(rel, len(rel) + 1, collapse=False) != rel:
+        return "unsafe path: the study path holds control characters"
+    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return "unsafe path: the study path must be relative to the site folder, without '..'"
+    if not Path(rel).parts or Path(rel).parts == (".",):
+        return "unsafe path: the study path names the site folder itself"
+    return ""
 
 
 def _parse_row(manifest: Path, line: int, row: dict, root: Path) -> Study:
@@ -38,41 +67,144 @@ def _parse_row(manifest: Path, line: int, row: dict, root: Path) -> Study:
     if not study_id:
         raise ConfigError(f"{where}: empty study_id")
     rel = (row.get("path") or "").strip()
-    if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
-        raise ConfigError(f"{where}: path must be relative to the site folder, got {rel!r}")
+    if not rel:
+        raise ConfigError(f"{where}: empty path")
+    problem = _path_syntax_problem(rel)
     aaa = (row.get("aaa") or "").strip()
     if aaa not in ("0", "1"):
-        raise ConfigError(f"{where}: aaa must be 0 or 1, got {aaa!r}")
+        raise ConfigError(f"{where}: aaa must be 0 or 1, got {_shown(aaa)}")
     raw_d = (row.get("max_diameter_mm") or "").strip()
     try:
         diameter = float(raw_d) if raw_d else math.nan
     except ValueError:
-        raise ConfigError(f"{where}: max_diameter_mm must be a number or empty, got {raw_d!r}") from None
+        raise ConfigError(f"{where}: max_diameter_mm must be a number or empty, got {_shown(raw_d)}") from None
     if raw_d and not 5.0 <= diameter <= 150.0:
-        raise ConfigError(f"{where}: max_diameter_mm {diameter} is outside 5-150 mm")
+        raise ConfigError(f"{where}: max_diameter_mm {_shown(raw_d)} is outside 5-150 mm")
     split = (row.get("split") or "train").strip() or "train"
     if split not in SPLITS:
-        raise ConfigError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
-    return Study(study_id, root / rel, int(aaa), diameter, split, (row.get("sex") or "").strip())
+        raise ConfigError(f"{where}: split must be one of {', '.join(SPLITS)}, got {_shown(split)}")
+    path = root if problem else root / rel
+    return Study(study_id, path, int(aaa), diameter, split, (row.get("sex") or "").strip(), problem)
+
+
+def study_path_problem(path: str | Path, root: str | Path | None = None) -> str:
+    """Why a study path is refused before any of its bytes is read ("" when it may be read).
+
+    Cheap and never blocking: a few ``stat`` calls. The path must exist, lead to a regular file or a
+    folder (never a FIFO, device or socket: reading one hangs or never ends), not be a symlink loop and,
+    when ``root`` is given, resolve inside ``root`` (a symlink to ``/dev/zero`` or to another patient
+    folder outside the site is refused)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return PATH_MISSING
+    except ValueError:
+        return "unsafe path: the study path holds a NUL character"
+    except OSError as exc:
+        return f"study path cannot be read ({describe(exc)})"
+    try:
+        resolved = Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        return "unsafe path: the study path is a broken symlink"
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
+            return "unsafe path: the study path is a symlink loop"
+        return f"study path cannot be read ({describe(exc)})"
+    except ValueError:
+        return "unsafe path: the study path holds a NUL character"
+    if root is not None:
+        base = Path(os.path.realpath(root))
+        if resolved == base or not resolved.is_relative_to(base):
+            return "unsafe path: the study path leads outside the site folder"
+    try:
+        mode = os.stat(resolved).st_mode
+    except OSError as exc:
+        return f"study path cannot be read ({describe(exc)})"
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+        return f"unsafe path: the study path is a {kind}, not a regular file or a folder"
+    return ""
+
+
+def _site_root(root: str | Path) -> Path:
+    """The site folder, resolved; a missing one, a file, a FIFO or a symlink loop is one ConfigError."""
+    shown = printable(root, 200, collapse=False)
+    try:
+        resolved = Path(os.path.realpath(root, strict=True))
+        mode = os.stat(resolved).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{shown}: site folder not found") from None
+    except ValueError:
+        raise ConfigError(f"{shown}: site folder path holds a NUL character") from None
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
+            raise ConfigError(f"{shown}: site folder is a symlink loop") from None
+        raise ConfigError(f"{shown}: site folder cannot be read ({describe(exc)})") from None
+    if not stat.S_ISDIR(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a file" if stat.S_ISREG(mode) else "not a folder"
+        raise ConfigError(f"{shown}: site folder is {kind}; give the folder holding manifest.csv")
+    return resolved
+
+
+def _manifest_text(manifest: Path) -> str:
+    """The manifest's text: a regular file of at most MAX_MANIFEST_BYTES of UTF-8 (a BOM is allowed)."""
+    try:
+        mode = os.stat(manifest).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{manifest}: site manifest not found") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{manifest}: site manifest cannot be read ({describe(exc)})") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{manifest}: site manifest is not a regular file")
+    try:
+        with open(manifest, "rb") as fh:
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{manifest}: site manifest cannot be read ({describe(exc)})") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ConfigError(f"{manifest}: site manifest is larger than {MAX_MANIFEST_BYTES // 2**20} MB")
+    try:
+        return data.decode("utf-8-sig", errors="strict")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data[:offset].count(b"\n") + 1
+        raise ConfigError(
+            f"{manifest} line {line}: not UTF-8 text (byte {offset}); save the manifest as UTF-8"
+        ) from None
+
+
+def read_manifest(manifest: Path, root: Path) -> list[Study]:
+    """The studies a manifest names; any problem of the manifest itself is one ConfigError naming its line.
+
+    A row whose path is unsafe by its text alone (absolute, "..", control characters) is kept with its
+    ``problem``: that study is refused, not the site."""
+    reader = csv.DictReader(io.StringIO(_manifest_text(manifest), newline=""), strict=False)
+    studies: list[Study] = []
+    try:
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ConfigError(f"{manifest}: missing column(s) {', '.join(missing)}")
+        for row in reader:
+            if len(studies) >= MAX_MANIFEST_ROWS:
+                raise ConfigError(f"{manifest}: more than {MAX_MANIFEST_ROWS} studies")
+            studies.append(_parse_row(manifest, reader.line_num, row, root))
+    except csv.Error as exc:
+        raise ConfigError(f"{manifest} line {reader.reader.line_num}: not a valid CSV row ({describe(exc)})") from None
+    return studies
 
 
 class Site:
     """A site folder: ``SITE/manifest.csv`` plus the studies it names."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root).resolve()
+        self.root = _site_root(root)
         manifest = self.root / "manifest.csv"
-        if not manifest.is_file():
-            raise ConfigError(f"{manifest}: site manifest not found")
-        with manifest.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ConfigError(f"{manifest}: missing column(s) {', '.join(missing)}")
-            self.studies = [_parse_row(manifest, i, row, self.root) for i, row in enumerate(reader, start=2)]
-        ids = [s.study_id for s in self.studies]
-        if len(set(ids)) != len(ids):
-            raise ConfigError(f"{manifest}: duplicated study_id values")
+        self.studies = read_manifest(manifest, self.root)
+        seen: dict[str, int] = {}
+        for i, s in enumerate(self.studies):
+            if s.study_id in seen:
+                raise ConfigError(f"{manifest}: duplicated study_id values ({_shown(s.study_id)} is in two rows)")
+            seen[s.study_id] = i
 
     def split(self, name: str) -> list[Study]:
         return [s for s in self.studies if s.split == name]
@@ -87,11 +219,40 @@ class Site:
         rehash: bool = False,
     ) -> list[Prepared]:
         """Cache entries of ``studies`` (decoded in parallel where missing); refusals logged by study id.
-        ``rehash`` hashes every study's bytes even when the cache's content index knows them."""
-        prepared = prepare_studies([s.path for s in studies], cache, workers, progress, rehash=rehash)
+        ``rehash`` hashes every study's bytes even when the cache's content index knows them.
+
+        One answer per study, always: a path that is unsafe (see :func:`study_path_problem`) is refused
+        before any byte is read, and an unforeseen failure while preparing the others refuses only the
+        study it happened on."""
+        total = len(studies)
+        results: list[Prepared | None] = [None] * total
+        todo: list[int] = []
+        for i, study in enumerate(studies):
+            problem = study.problem or study_path_problem(study.path, self.root)
+            if problem:
+                results[i] = Prepared(study.path, "", error=problem)
+            else:
+                todo.append(i)
+        offset = total - len(todo)
+        if progress and offset:
+            progress(offset, total)
+        shifted = (lambda done, _all: progress(offset + done, total)) if progress else None
+        paths = [studies[i].path for i in todo]
+        try:
+            batch = prepare_studies(paths, cache, workers, shifted, rehash=rehash)
+        except Exception as exc:  # one study's unforeseen failure must not end the others
+            log.warning("preparing studies together failed (%s); preparing them one by one", describe(exc))
+            batch = []
+            for k, path in enumerate(paths):
+                batch.append(_prepare_one(path, cache, rehash))
+                if progress:
+                    progress(offset + k + 1, total)
+        for i, p in zip(todo, batch):
+            results[i] = p
+        prepared: list[Prepared] = [p for p in results if p is not None]
         for study, p in zip(studies, prepared):
             if p.error:
-                log.warning("skipped study %s: %s", study.study_id, p.error)
+                log.warning("skipped study %s: %s", printable(study.study_id), printable(p.error, REASON_LIMIT))
         return prepared
 
     def load(
@@ -113,7 +274,11 @@ class Site:
             if p.error:
                 skipped[study.study_id] = p.error
                 continue
-            images.append(cache.tensor(p.key))
+            try:
+                images.append(cache.tensor(p.key))
+            except Exception as exc:  # a damaged cache entry refuses this study only
+                skipped[study.study_id] = f"cached input cannot be read ({describe(exc)})"
+                continue
             aaa.append(study.aaa)
             diam.append(study.max_diameter_mm)
         if images:
@@ -121,6 +286,14 @@ class Site:
         else:
             data = None
         return LoadedSplit(data, skipped)
+
+
+def _prepare_one(path: Path, cache: InputCache, rehash: bool) -> Prepared:
+    """One study's entry; any exception at all becomes its refusal."""
+    try:
+        return prepare_studies([path], cache, 1, None, rehash=rehash)[0]
+    except Exception as exc:
+        return Prepared(path, "", error=f"unforeseen failure ({type(exc).__name__}: {describe(exc)})")
 
 
 @dataclass

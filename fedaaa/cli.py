@@ -78,28 +78,47 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
-def _cmd_predict(args) -> int:
+def _shown_path(path: str) -> str:
+    """A path as given on the command line, safe to print: control characters (escape sequences, a
+    newline that would forge a line) and undecodable bytes are shown escaped, and a long one is cut."""
+    from fedaaa.common.text import printable
+
+    return printable(path, 240, collapse=False)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from fedaaa.common.errors import describe
     from fedaaa.common.model import load_model
     from fedaaa.common.predict import DISCLAIMER, predict_study
+    from fedaaa.common.text import printable
 
     mf = load_model(args.model)
     refused = 0
     for path in args.paths:
-        answer = predict_study(mf, path)
+        try:  # one answer per input, whatever happens to it
+            answer = predict_study(mf, path)
+        except Exception as exc:
+            answer = {
+                "input": str(path),
+                "error": f"{_shown_path(path)}: cannot be processed ({type(exc).__name__}: {describe(exc)})",
+            }
         refused += "error" in answer
         if args.json:
-            print(json.dumps(answer), flush=True)
-        elif "error" in answer:
-            print(f"{path}: refused: {answer['error']}")
+            print(json.dumps(answer), flush=True)  # ensure_ascii: every control character is escaped
+            continue
+        shown = _shown_path(path)
+        if "error" in answer:
+            print(f"{shown}: refused: {printable(answer['error'], 480)}", flush=True)
         else:
             verdict = "AAA" if answer["aaa_present"] else "no AAA"
             print(
-                f"{path}: {verdict} (probability {answer['aaa_probability']:.2f}), maximum diameter "
+                f"{shown}: {verdict} (probability {answer['aaa_probability']:.2f}), maximum diameter "
                 f"{answer['max_diameter_mm']:.1f} mm ({answer['max_diameter_mm'] / 10:.1f} cm, outer to outer) - "
-                f"{answer['category']}: {answer['follow_up']}"
+                f"{answer['category']}: {answer['follow_up']}",
+                flush=True,
             )
             for w in answer["warnings"]:
-                print(f"  warning: {w}")
+                print(f"  warning: {printable(w, 200)}", flush=True)
     if not args.json:
         print(DISCLAIMER)
     return EXIT_REFUSED if refused else 0
@@ -118,7 +137,7 @@ def _progress_bar(console):
     )
 
 
-def _cmd_site_check(args) -> int:
+def _cmd_site_check(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fedaaa.common.cache import InputCache
@@ -129,43 +148,61 @@ def _cmd_site_check(args) -> int:
     site = Site(args.site)  # a manifest error is reported before any progress bar
     console = Console(stderr=True)
     cache = InputCache(PREPROCESS, Path(args.cache_dir) if args.cache_dir else None)
-    with _progress_bar(console) as bar:
-        task = bar.add_task("Checking studies", total=len(site.studies))
-        report = check_site(
-            site, cache, args.workers, lambda done, total: bar.update(task, completed=done, total=total)
-        )
+    if console.is_terminal:
+        with _progress_bar(console) as bar:
+            task = bar.add_task("Checking studies", total=len(site.studies))
+            report = check_site(
+                site, cache, args.workers, lambda done, total: bar.update(task, completed=done, total=total)
+            )
+    else:  # no bar on a pipe or a log file: stderr then holds nothing but an error line, if any
+        report = check_site(site, cache, args.workers)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         _print_site_report(report)
     if not report["summary"]["usable"]:
-        raise CLIError(f"{args.site}: no usable study in this site")
+        raise CLIError(f"{_shown_path(args.site)}: no usable study in this site")
     return 0
 
 
 def _print_site_report(report: dict) -> None:
+    """The report as tables. Every cell is a rich ``Text`` of printable, capped text: a study id, reason
+    or warning holding ``[/bold]`` or an escape sequence is shown as written, never interpreted."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from fedaaa.common.text import printable
+
+    def cell(value: object, limit: int = 200) -> Text:
+        return Text(printable(value, limit))
 
     out = Console()
     s = report["summary"]
-    out.print(f"[bold]{s['usable']} of {s['studies']} studies usable[/bold], {s['refused']} refused")
+    out.print(f"[bold]{int(s['usable'])} of {int(s['studies'])} studies usable[/bold], {int(s['refused'])} refused")
     refused = [r for r in report["studies"] if r["status"] == "refused"]
     if refused:
         table = Table("study", "split", "refused because", title="Refused studies")
         for r in refused:
-            table.add_row(r["study_id"], r["split"], r["reason"])
+            table.add_row(cell(r["study_id"], 80), cell(r["split"]), cell(r.get("reason", ""), 480))
         out.print(table)
     warned = [r for r in report["studies"] if r.get("warnings")]
     if warned:
         table = Table("study", "warnings", title="Usable, with warnings")
         for r in warned:
-            table.add_row(r["study_id"], "; ".join(r["warnings"]))
+            table.add_row(cell(r["study_id"], 80), cell("; ".join(r["warnings"]), 480))
         out.print(table)
     table = Table("measure", "value", title="Data quality summary (no identifiers: shareable with a coordinator)")
+
+    def row(name: str, value: str) -> None:
+        table.add_row(cell(name), cell(value, 480))
+
+    def counts(values: dict, sep: str = ", ") -> str:
+        return sep.join(f"{k}: {v}" for k, v in values.items()) or "-"
+
     labels = s["labels"]
-    table.add_row("labels", f"{labels['aaa']} AAA / {labels['no_aaa']} no AAA (prevalence {labels['prevalence']})")
-    table.add_row("splits", ", ".join(f"{k} {v['usable']}/{v['studies']}" for k, v in s["splits"].items()))
+    row("labels", f"{labels['aaa']} AAA / {labels['no_aaa']} no AAA (prevalence {labels['prevalence']})")
+    row("splits", ", ".join(f"{k} {v['usable']}/{v['studies']}" for k, v in s["splits"].items()))
     for key, unit in (
         ("diameter_mm", "mm"),
         ("slice_spacing_mm", "mm"),
@@ -174,16 +211,16 @@ def _print_site_report(report: dict) -> None:
         ("slices", ""),
     ):
         r = s[key]
-        table.add_row(
+        row(
             key.replace("_mm", "").replace("_", " "),
             f"{r['min']}-{r['max']} {unit} (median {r['median']})" if r else "-",
         )
-    table.add_row("diameter categories", ", ".join(f"{k}: {v}" for k, v in s["diameter_categories"].items()) or "-")
-    table.add_row("manufacturers", ", ".join(f"{k}: {v}" for k, v in s["manufacturers"].items()) or "-")
-    table.add_row("contrast (header)", ", ".join(f"{k}: {v}" for k, v in s["contrast_header"].items()) or "-")
-    table.add_row("transfer syntaxes", ", ".join(f"{k}: {v}" for k, v in s["transfer_syntaxes"].items()) or "-")
-    table.add_row("refusal reasons", "; ".join(f"{k}: {v}" for k, v in s["refusal_reasons"].items()) or "-")
-    table.add_row("warnings", "; ".join(f"{k}: {v}" for k, v in s["warnings"].items()) or "-")
+    row("diameter categories", counts(s["diameter_categories"]))
+    row("manufacturers", counts(s["manufacturers"]))
+    row("contrast (header)", counts(s["contrast_header"]))
+    row("transfer syntaxes", counts(s["transfer_syntaxes"]))
+    row("refusal reasons", counts(s["refusal_reasons"], "; "))
+    row("warnings", counts(s["warnings"], "; "))
     out.print(table)
 
 
@@ -258,23 +295,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; any failure is one `error:` line on stderr and exit code 2 (a traceback only with
+    ``--debug``)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    from fedaaa.common.errors import ConfigError, StudyError
+    from fedaaa.common.errors import ConfigError, StudyError, cap_sentence, describe
     from fedaaa.simulations.federation import FederationError
 
     try:
         return args.func(args)
-    except (CLIError, ConfigError, StudyError, FederationError, OSError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_REFUSED
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except (CLIError, ConfigError, StudyError, FederationError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"error: {cap_sentence(err)}", file=sys.stderr)
+        return EXIT_REFUSED
+    except Exception as err:  # a failure nothing foresaw: still one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(
+            f"error: unexpected failure ({type(err).__name__}: {describe(err)}); run with --debug for details",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
 
 
 if __name__ == "__main__":
