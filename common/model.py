@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = [
     "ArchSettings",
     "ModelFile",
     "aaa_loss",
+    "expected_shapes",
     "initial_state",
     "load_model",
     "save_model",
@@ -125,14 +127,50 @@ def save_model(path: str | Path, mf: ModelFile) -> Path:
     return write_model_file(path, mf.model.state_dict(), mf.meta)
 
 
+def expected_shapes(arch: ArchSettings) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the weights of ``AAANet(arch)``, built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return {name: tuple(t.shape) for name, t in AAANet(arch).state_dict().items()}
+
+
+def _check_weights(state: dict[str, torch.Tensor], arch: ArchSettings) -> None:
+    """ValueError with one sentence unless ``state`` holds exactly the architecture's weights, all finite."""
+    expected = expected_shapes(arch)
+    missing = [k for k in expected if k not in state]
+    unknown = [k for k in state if k not in expected]
+    if missing or unknown:
+        parts = ([f"lack {len(missing)} of the architecture's ({missing[0]}...)"] if missing else []) + (
+            [f"hold {len(unknown)} it does not have ({json.dumps(unknown[0])[:60]}...)"] if unknown else []
+        )
+        raise ValueError(f"the weights do not match the architecture: they {' and '.join(parts)}")
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise ValueError(
+                f"weight {name} has shape {list(state[name].shape)} where the architecture needs {list(shape)}"
+            )
+    for name, tensor in state.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"the weights hold non-finite values (NaN or infinity, in {name})")
+
+
 def load_model(path: str | Path) -> ModelFile:
-    """Read a model file written by :func:`save_model`; a :class:`ConfigError` if it is not one."""
+    """Read a model file written by :func:`save_model`; a :class:`ConfigError` (``<file>: <reason>``) if
+    it is not one, its settings are not sane, or its weights do not fit the architecture or are not finite.
+
+    The network is built only after the metadata passed :func:`~fedaaa.common.model_file.validate_metadata`,
+    and takes the file's tensors (as float32) instead of initialising its own.
+    """
     state, meta = read_model_file(path)
-    model = AAANet(meta.arch)
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ConfigError(f"{path}: not a readable FedAAA model file ({type(exc).__name__})") from exc
+        _check_weights(state, meta.arch)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    try:
+        with torch.device("meta"):
+            model = AAANet(meta.arch)
+        model.load_state_dict({k: v.to(torch.float32).contiguous() for k, v in state.items()}, assign=True)
+    except (RuntimeError, MemoryError) as exc:
+        raise ConfigError(f"{path}: not a usable FedAAA model file ({type(exc).__name__})") from exc
     model.eval()
     return ModelFile(
         model=model,

@@ -3,7 +3,75 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# Bounds of a sane model (checked before a network is built or an input resampled).
+MAX_STAGES = 8
+MAX_STAGE_CHANNELS = 512
+MAX_HIDDEN = 4096
+SPACING_RANGE_MM = (0.1, 20.0)
+ROI_RANGE = (8, 512)
+MAX_ROI_VOXELS = 1 << 24  # 256^3: the network input, preprocessed per study in memory
+HU_RANGE = (-2000.0, 5000.0)
+MAX_SETTINGS_JSON = 4096  # characters of one settings object as JSON
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> int:
+    if not _is_int(value) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer from {lo} to {hi}, not {_show(value)}")
+    return int(value)
+
+
+def _check_float(name: str, value: object, lo: float, hi: float, *, hi_open: bool = False) -> float:
+    ok = _is_number(value) and math.isfinite(value) and lo <= value and (value < hi if hi_open else value <= hi)
+    if not ok:
+        raise ValueError(
+            f"{name} must be a finite number in [{lo:g}, {hi:g}{')' if hi_open else ']'}, not {_show(value)}"
+        )
+    return float(value)
+
+
+def _check_list(name: str, value: object, lo: int, hi: int) -> list:
+    if not isinstance(value, list | tuple) or not lo <= len(value) <= hi:
+        size = f"{lo}" if lo == hi else f"{lo} to {hi}"
+        raise ValueError(f"{name} must be a list of {size} values, not {_show(value)}")
+    return list(value)
+
+
+def _show(value: object, limit: int = 40) -> str:
+    """A value as a short one-line quote for a reason."""
+    text = " ".join(json.dumps(value, default=repr).split()) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_object(text: object, name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """``text`` parsed as a JSON object with exactly ``keys``; ValueError with one sentence if not."""
+    if not isinstance(text, str) or len(text) > MAX_SETTINGS_JSON:
+        raise ValueError(f"{name} must be JSON text of at most {MAX_SETTINGS_JSON} characters")
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValueError(f"{name} is not valid JSON") from None
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{name} must be a JSON object, not {_show(raw)}")
+    missing, unknown = sorted(set(keys) - set(raw)), sorted(set(raw) - set(keys))
+    if missing or unknown:
+        parts = ([f"lacks {', '.join(missing)}"] if missing else []) + (
+            [f"has unknown {_show(', '.join(unknown))}"] if unknown else []
+        )
+        raise ValueError(f"{name} {' and '.join(parts)}")
+    return dict(raw)
 
 
 @dataclass(frozen=True)
@@ -19,8 +87,29 @@ class PreprocessSettings:
 
     @classmethod
     def from_json(cls, text: str) -> PreprocessSettings:
-        raw = json.loads(text)
-        return cls(**{k: tuple(v) for k, v in raw.items()})
+        """Parse and validate (:meth:`validate`); a ValueError with a one-sentence reason if not sane."""
+        raw = _json_object(text, "preprocess", tuple(f.name for f in fields(cls)))
+        for name in raw:
+            size = 2 if name == "hu_window" else 3
+            raw[name] = tuple(_check_list(f"preprocess {name}", raw[name], size, size))
+        settings = cls(**raw)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ValueError (one sentence) unless every value is of its type and in its sane range."""
+        spacing = _check_list("preprocess spacing_mm", self.spacing_mm, 3, 3)
+        for v in spacing:
+            _check_float("preprocess spacing_mm", v, *SPACING_RANGE_MM)
+        roi = _check_list("preprocess roi_size", self.roi_size, 3, 3)
+        for v in roi:
+            _check_int("preprocess roi_size", v, *ROI_RANGE)
+        if math.prod(roi) > MAX_ROI_VOXELS:
+            raise ValueError(f"preprocess roi_size {_show(roi)} holds more than {MAX_ROI_VOXELS} voxels")
+        window = _check_list("preprocess hu_window", self.hu_window, 2, 2)
+        lo, hi = (_check_float("preprocess hu_window", v, *HU_RANGE) for v in window)
+        if not lo < hi:
+            raise ValueError(f"preprocess hu_window {_show(window)} must be a low and a higher HU value")
 
 
 # Field metadata: False for a TrainSettings field that each hospital derives itself instead of
@@ -66,4 +155,31 @@ class ArchSettings:
 
     @classmethod
     def from_json(cls, text: str) -> ArchSettings:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()})
+        """Parse and validate (:meth:`validate`); a ValueError with a one-sentence reason if not sane."""
+        raw = _json_object(text, "architecture", tuple(f.name for f in fields(cls)))
+        raw["channels"] = tuple(_check_list("architecture channels", raw["channels"], 1, MAX_STAGES))
+        settings = cls(**raw)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ValueError (one sentence) unless every value is of its type and in its sane range, and
+        every stage's channels divide into its GroupNorm groups (``min(groups, channels)``)."""
+        channels = _check_list("architecture channels", self.channels, 1, MAX_STAGES)
+        for c in channels:
+            _check_int("architecture channels", c, 1, MAX_STAGE_CHANNELS)
+        groups = _check_int("architecture groups", self.groups, 1, MAX_STAGE_CHANNELS)
+        for c in channels:
+            if c % min(groups, c):
+                raise ValueError(f"architecture channels {c} cannot be split into {groups} normalization groups")
+        _check_int("architecture hidden", self.hidden, 1, MAX_HIDDEN)
+        _check_float("architecture dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        _check_float("architecture negative_slope", self.negative_slope, 0.0, 1.0)
+
+    def parameter_count(self) -> int:
+        """Weights of :class:`~fedaaa.common.model.AAANet` with this architecture (valid settings only)."""
+        total, c_in = 0, 1
+        for c in self.channels:
+            total += c * c_in * 27 + c + 2 * c  # 3x3x3 convolution with bias, GroupNorm scale and shift
+            c_in = c
+        return total + (2 * c_in + 1) * self.hidden + 2 * (self.hidden + 1)
