@@ -6,6 +6,8 @@ aggregated state dict, and the network is built once, inside :func:`main`, for t
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import logging
 import math
@@ -13,6 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal, TypedDict
 
 import torch
@@ -253,9 +256,25 @@ def make_strategy(settings: RunSettings, recorder: FederationRecorder) -> Record
     return RecordingStrategy(recorder=recorder, **common)
 
 
+def _network_module() -> ModuleType:
+    """``fedaaa.common.model`` (the network, built with MONAI), imported on first use only.
+
+    In a simulation the ServerApp's ``main`` runs in one thread while Flower loads the ClientApp, which
+    imports MONAI too, in another; two threads importing MONAI's package at once can deadlock in
+    importlib (seen as ``KeyError: 'monai'``). Flower loads apps under its own import lock, so the lazy
+    import takes the same lock (falling back to none if a Flower release renames it).
+    """
+    try:
+        from flwr.supercore.object_ref import _import_lock as lock
+    except ImportError:  # pragma: no cover - another Flower release
+        lock = contextlib.nullcontext()
+    with lock:
+        return importlib.import_module("fedaaa.common.model")
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from fedaaa.common.model import initial_state  # builds the network (MONAI): only here, once
+    initial_state = _network_module().initial_state  # builds the network (MONAI): only here, once
 
     settings = RunSettings.from_run_config(context.run_config)
     output_dir = output_dir_for(settings, context)
