@@ -96,7 +96,9 @@ def _model_from(msg: Message, device: torch.device) -> AAANet:
     return model.to(device)
 
 
-def _prepare(msg: Message, context: Context, split_name: str):
+def _prepare(
+    msg: Message, context: Context, split_name: str
+) -> tuple[RunSettings, int, torch.device, AAANet, LoadedSplit]:
     """Settings (run config overridden by what the coordinator sent), round, device, model and data."""
     settings = RunSettings.from_run_config(context.run_config)
     config = msg.content["config"] if "config" in msg.content else {}

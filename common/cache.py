@@ -117,7 +117,7 @@ class ContentIndex:
     reads as empty.
     """
 
-    def __init__(self, file: Path):
+    def __init__(self, file: Path) -> None:
         self.file = Path(file)
         self._entries: dict[str, list[str]] | None = None
         self._new: dict[str, list[str]] = {}
@@ -199,7 +199,7 @@ class InputCache:
     studies whose bytes it hashed.
     """
 
-    def __init__(self, settings: PreprocessSettings, cache_dir: Path | None = None, *, use_index: bool = True):
+    def __init__(self, settings: PreprocessSettings, cache_dir: Path | None = None, *, use_index: bool = True) -> None:
         self.settings = settings
         self.dir = Path(cache_dir or default_cache_dir())
         self.decoded = 0

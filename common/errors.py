@@ -28,7 +28,7 @@ class StudyError(Exception):
     text); ``source`` stays the path as given (callers resolve it), so show ``str(err)`` through
     :func:`cap_sentence`."""
 
-    def __init__(self, source: object, reason: str):
+    def __init__(self, source: object, reason: str) -> None:
         self.source = str(source)
         self.reason = printable(reason, REASON_LIMIT)
         super().__init__(f"{self.source}: {self.reason}")
@@ -37,5 +37,5 @@ class StudyError(Exception):
 class ConfigError(Exception):
     """A configuration, manifest or command-line value that is wrong, in one printable, capped sentence."""
 
-    def __init__(self, message: object = ""):
+    def __init__(self, message: object = "") -> None:
         super().__init__(cap_sentence(message, SENTENCE_LIMIT))

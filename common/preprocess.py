@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,11 @@ class CropAroundBodyd(MapTransform):
     Parts of the box outside the scan are filled with the air level (0 after scaling).
     """
 
-    def __init__(self, keys, roi_size):
+    def __init__(self, keys: str | Sequence[str], roi_size: Sequence[int]) -> None:
         super().__init__(keys)
         self.roi_size = np.asarray(roi_size)
 
-    def __call__(self, data):
+    def __call__(self, data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         d = dict(data)
         for key in self.keys:
             img = d[key]

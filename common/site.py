@@ -196,7 +196,7 @@ def read_manifest(manifest: Path, root: Path) -> list[Study]:
 class Site:
     """A site folder: ``SITE/manifest.csv`` plus the studies it names."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path) -> None:
         self.root = _site_root(root)
         manifest = self.root / "manifest.csv"
         self.studies = read_manifest(manifest, self.root)

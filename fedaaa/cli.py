@@ -7,6 +7,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the command line imports its heavy parts only in the subcommand that needs them
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from fedaaa.common.config import RunSettings
 
 EXIT_REFUSED = 2
 
@@ -15,7 +22,7 @@ class CLIError(Exception):
     """A user-facing failure: printed as `error: <message>`."""
 
 
-def _cmd_synth(args) -> int:
+def _cmd_synth(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fedaaa.simulations.synth import default_sites, write_federation
@@ -36,7 +43,7 @@ def _cmd_synth(args) -> int:
     return 0
 
 
-def _run_settings(args):
+def _run_settings(args: argparse.Namespace) -> RunSettings:
     from fedaaa.common.config import RunSettings
 
     return RunSettings().with_overrides(
@@ -48,7 +55,7 @@ def _run_settings(args):
     )
 
 
-def _cmd_simulate(args) -> int:
+def _cmd_simulate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fedaaa.simulations.simulate import SimulationPlan, simulate
@@ -124,7 +131,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_REFUSED if refused else 0
 
 
-def _progress_bar(console):
+def _progress_bar(console: Console) -> Progress:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(

@@ -67,7 +67,7 @@ class StudyPathError(OSError):
     An :class:`OSError`, so that callers treating unreadable studies as ``OSError`` (the cache's keying)
     refuse it the same way."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str) -> None:
         super().__init__(errno.EINVAL, reason)
         self.reason = reason
 
