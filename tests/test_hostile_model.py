@@ -321,12 +321,16 @@ HUGE_CHANNELS_SCRIPT = textwrap.dedent(
         "threshold": "0.5", "round": "0", "summary": "{}",
     }
     save_file(AAANet().state_dict(), path, metadata=meta)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def peak_kb():  # VmHWM: this process image's own peak (ru_maxrss carries the parent's over fork/exec)
+        return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])
+
+    before = peak_kb()
     t0 = time.perf_counter()
     try:
         load_model(path)
     except ConfigError as err:
-        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        grown = peak_kb() - before
         print(json.dumps({"error": str(err), "seconds": time.perf_counter() - t0, "grown_kb": grown}))
     """
 )

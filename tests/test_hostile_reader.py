@@ -24,6 +24,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +57,12 @@ CHILD = textwrap.dedent(
     from fedaaa.common.errors import StudyError
     from fedaaa.common.preprocess import load_study
     from fedaaa.common.settings import PreprocessSettings
+    def peak_rss_kb():
+        # VmHWM: this process image's own peak (ru_maxrss would carry over the parent's across fork/exec)
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     settings = PreprocessSettings()
     cache = InputCache(settings, Path(tempfile.mkdtemp()), use_index=False)
     print(json.dumps({{"ready": True}}), flush=True)
@@ -75,7 +82,7 @@ CHILD = textwrap.dedent(
             except BaseException as exc:
                 out[road] = {{"crash": traceback.format_exc()}}
             out[road]["seconds"] = time.monotonic() - t0
-            out[road]["rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            out[road]["rss_kb"] = peak_rss_kb()
         print(json.dumps(out), flush=True)
     """
 ).format(limit=AS_LIMIT)
@@ -462,3 +469,53 @@ def test_content_digest_sees_a_changed_dicom_file_and_a_changed_stray_head(valid
     before = content_digest(study)
     (study / "notes").write_bytes(b"\x08\x00\x05\x00CS\n\x00ISO_IR 100")  # now starts like a DICOM element
     assert content_digest(study) != before
+
+
+def _deflated_bomb(path: Path, template: Path, inflated: int) -> Path:
+    """A CT file whose Deflated Explicit VR dataset is the template's header plus ``inflated`` bytes of
+    zero pixels: the raw deflate stream is built in 16 MiB chunks, so the test never holds the payload."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    ds = pydicom.dcmread(template)
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    write_dataset(head, ds)
+    pixel_tag = b"\xe0\x7f\x10\x00OW\x00\x00" + inflated.to_bytes(4, "little")  # (7FE0,0010) OW, 4-byte length
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta)
+    with path.open("wb") as fh:
+        fh.write(b"\0" * 128 + b"DICM" + meta.getvalue())
+        fh.write(deflater.compress(head.getvalue() + pixel_tag))
+        block = b"\0" * (16 << 20)
+        for _ in range(inflated // len(block)):
+            fh.write(deflater.compress(block))
+        fh.write(deflater.flush())
+    return path
+
+
+def test_a_deflated_dicom_bomb_is_refused_while_inflating_with_a_cap(valid_study, tmp_path):
+    study = _copy(valid_study, tmp_path / "study")
+    template = next(f for f in sorted(study.rglob("*")) if f.is_file() and "PixelData" in pydicom.dcmread(f))
+    bomb = _deflated_bomb(template, template, 1 << 30)  # a ~1 MB file that inflates to 1 GiB
+    assert bomb.stat().st_size < 4 << 20
+    t0 = time.monotonic()
+    with pytest.raises(StudyError) as err:
+        read_study(study)
+    assert time.monotonic() - t0 < FAST_S
+    assert "decompression bomb" in err.value.reason and "\n" not in str(err.value)
+
+
+def test_a_genuine_deflated_dicom_file_still_reads(valid_study, tmp_path):
+    study = _copy(valid_study, tmp_path / "study")
+    reference = read_study(study)
+    for f in sorted(study.rglob("*")):
+        if f.is_file() and "PixelData" in (ds := pydicom.dcmread(f)):
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+            ds.save_as(f, enforce_file_format=True)
+    again = read_study(study)
+    np.testing.assert_array_equal(again.hu, reference.hu)

@@ -9,7 +9,10 @@ a one-line :class:`StudyError`. Format dispatch (DICOM or NIfTI) is :func:`fedaa
 
 from __future__ import annotations
 
+import os
+import zlib
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,16 @@ from fedaaa.common.io.volume import (
     finish_volume,
     human_bytes,
 )
-from fedaaa.common.io.walk import MAX_FILE_BYTES, StudyPathError, Walk, looks_like_dicom, read_head, walk_study
+from fedaaa.common.io.walk import (
+    HEAD_BYTES,
+    MAX_FILE_BYTES,
+    StudyPathError,
+    Walk,
+    looks_like_dicom,
+    open_regular,
+    read_head,
+    walk_study,
+)
 
 __all__ = ["read_dicom"]
 
@@ -55,6 +67,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 MAX_MISSING_RUN = 2  # at most this many consecutive missing slices are interpolated...
 MAX_MISSING_FRACTION = 0.05  # ...and at most this share of the series (at least one slice)
 MAX_TILT_DEG = 30.0
+MAX_DEFLATE_RATIO = 64  # a Deflated Explicit VR dataset may inflate to this many times its file size
 UNIFORM_TOLERANCE = 0.1  # a gap within 10% of the median spacing is regular
 
 
@@ -85,6 +98,39 @@ def _files(folder: Path) -> Walk:
         raise StudyError(folder, exc.reason) from None
 
 
+def _check_deflated_size(path: Path) -> None:
+    """Refuse a Deflated Explicit VR file that would inflate beyond :data:`MAX_DEFLATE_RATIO` times its
+    size (pydicom inflates the whole dataset in memory before reading it): the stream is inflated here in
+    chunks, keeping nothing, and only when the file meta says the dataset is deflated."""
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except Exception:
+        return  # no readable file meta: dcmread words the refusal
+    if str(meta.get("TransferSyntaxUID", "")) != uid.DeflatedExplicitVRLittleEndian:
+        return
+    size = path.stat().st_size
+    cap = min(MAX_FILE_BYTES, MAX_DEFLATE_RATIO * size + (1 << 20))
+    start = HEAD_BYTES + 12 + int(meta.get("FileMetaInformationGroupLength", 0))  # the group length element is 12 bytes
+    inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    with os.fdopen(open_regular(path), "rb") as fh:
+        fh.seek(start)
+        while chunk := fh.read(1 << 20):
+            data = inflater.decompress(chunk, 1 << 22)
+            while True:
+                inflated += len(data)
+                if inflated > cap:
+                    raise StudyError(
+                        path,
+                        f"the deflated DICOM dataset inflates beyond {cap / 1e6:.0f} MB "
+                        f"({MAX_DEFLATE_RATIO} times its {size / 1e6:.1f} MB file): refused as a decompression bomb",
+                    )
+                if not inflater.unconsumed_tail:
+                    break
+                data = inflater.decompress(inflater.unconsumed_tail, 1 << 22)
+            if inflater.eof:
+                break
+
+
 def _read_header(path: Path) -> pydicom.Dataset | None:
     """The file's dataset (pixel data left on disk), None when it is not DICOM at all.
 
@@ -98,6 +144,8 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
     if kind is None:
         return None
     magic = kind == "magic"
+    if magic:
+        _check_deflated_size(path)
     try:
         ds = pydicom.dcmread(path, defer_size="1 KB", force=not magic)
         if not magic and "SOPClassUID" not in ds:
@@ -164,7 +212,7 @@ def _skip_reason(ds: pydicom.Dataset) -> str | None:
 
 
 # --------------------------------------------------------------------------------------- frames
-def _floats(value, n: int, path: Path, keyword: str) -> np.ndarray:
+def _floats(value: object, n: int, path: Path, keyword: str) -> np.ndarray:
     try:
         arr = np.array([float(v) for v in value], dtype=float)
     except (TypeError, ValueError) as exc:
@@ -174,7 +222,7 @@ def _floats(value, n: int, path: Path, keyword: str) -> np.ndarray:
     return arr
 
 
-def _float(value, default: float, path: Path, keyword: str) -> float:
+def _float(value: object, default: float, path: Path, keyword: str) -> float:
     if value is None or value == "":
         return default
     try:
@@ -186,7 +234,7 @@ def _float(value, default: float, path: Path, keyword: str) -> float:
     return out
 
 
-def _group(item_sets, keyword: str, attribute: str):
+def _group(item_sets: Iterable[pydicom.Dataset | None], keyword: str, attribute: str) -> object:
     """The first value of ``keyword[0].attribute`` in the per-frame, then the shared functional groups."""
     for items in item_sets:
         if items is not None and keyword in items and len(items[keyword].value):
