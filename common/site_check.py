@@ -34,7 +34,11 @@ REFUSAL_CATEGORIES: tuple[tuple[str, str], ...] = (
     ),
     ("study not found", r"does not exist|not found|no such file"),
     ("unreadable file", r"cannot be read \((permission|errno|is a directory|input/output)|permission denied"),
-    ("too large", r"too large|in memory|larger than|over the .*limit|exceed|more than \d+ entries"),
+    (
+        "too large",
+        r"too large|in memory|larger than|over the .*limit|exceed|more than \d+ entries|inflates beyond"
+        r"|decompression bomb",
+    ),
     ("implausible geometry", r"field of view|is not a ct slice|implausible|degenerate|too small for"),
     ("empty folder", r"empty folder"),
     ("not DICOM", r"not dicom|neither a dicom|neither a folder nor a file|no readable dicom"),
