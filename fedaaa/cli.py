@@ -132,16 +132,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _progress_bar(console: Console) -> Progress:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from fedaaa.common.progress import progress_bar
 
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
+    return progress_bar(console, transient=True)
 
 
 def _cmd_site_check(args: argparse.Namespace) -> int:

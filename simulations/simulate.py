@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_roc_auc
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from fedaaa.common.cache import InputCache
@@ -19,6 +19,7 @@ from fedaaa.common.config import PREPROCESS, RunSettings
 from fedaaa.common.errors import ConfigError
 from fedaaa.common.metrics import evaluation_stats, summarize
 from fedaaa.common.model import load_model
+from fedaaa.common.progress import progress_bar
 from fedaaa.common.site import Site
 from fedaaa.common.training import pick_device, predict_dataset
 from fedaaa.simulations.defaults import DEFAULT_MATRIX, DEFAULT_SEED, DEFAULT_SITES, DEFAULT_STUDIES_PER_SITE
@@ -37,14 +38,7 @@ class SimulationPlan:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
+    return progress_bar(console, transient=False)
 
 
 def prepare_inputs(sites: list[Path], cache: InputCache, console: Console) -> None:
