@@ -192,6 +192,7 @@ def test_predict_answers_in_order_and_refuses_bad_inputs(federation_run, tiny_fe
     )
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     res = _fedaaa("predict", str(tmp_path), "--model", str(tmp_path / "missing.safetensors"))
     assert res.returncode == 2

@@ -453,6 +453,7 @@ def test_fuzz_manifests_are_checked_or_refused_in_one_line(base, tmp_path):
     _check("manifest", _run("manifest", calls, tmp_path))
 
 
+@pytest.mark.slow
 def test_fuzz_model_files_are_loaded_or_refused_in_one_line(base, tmp_path):
     rng = np.random.default_rng(SEED + 3)
     models = [str(p) for p in _model_variants(base["model"], tmp_path, rng, 28)]

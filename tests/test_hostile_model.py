@@ -336,6 +336,7 @@ HUGE_CHANNELS_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels", [[8, 16, 512, 65536], [512, 512, 512, 512, 512, 512, 512, 512], [4096] * 3])
 def test_huge_architecture_is_refused_before_allocating(channels, tmp_path):
     """Under a 3 GB address-space limit the file is refused quickly, with no memory allocated for weights."""

@@ -124,6 +124,7 @@ def test_manifest_path_is_checked_before_any_byte_is_read(tmp_path, tiny_federat
     assert study_path_problem(site / "studies", site) == ""
 
 
+@pytest.mark.slow
 def test_site_check_refuses_hazardous_rows_without_hanging(tmp_path, tiny_federation, shared_cache):
     """Run as a process with a timeout: reading a FIFO or /dev/zero used to hang the check for ever."""
     site, rows = _site(tiny_federation, tmp_path, n=1)

@@ -378,6 +378,7 @@ def _edit(data: bytes, *edits: tuple[str, bool, bytes]) -> bytes:
     return raw
 
 
+@pytest.mark.slow
 @fuzz(120)
 @given(edits=st.lists(header_edits(), min_size=1, max_size=3))
 def test_header_damage_is_read_or_refused_in_one_line(base, edits):
@@ -408,6 +409,7 @@ def no_silent_damage(result, base_volume: CTVolume) -> None:
     )
 
 
+@pytest.mark.slow
 @fuzz(80)
 @given(cuts=st.lists(st.tuples(st.integers(0, N_SLICES - 1), st.floats(0.0, 1.0)), min_size=1, max_size=4))
 def test_truncated_files_are_read_or_refused_in_one_line(base, base_volume, cuts):
@@ -469,6 +471,7 @@ def test_a_file_torn_inside_its_header_is_not_mistaken_for_a_series_without_imag
         max_size=5,
     )
 )
+@pytest.mark.slow
 def test_overwritten_bytes_are_read_or_refused_in_one_line(base, hits):
     files = dict(base)
     names = sorted(files)
@@ -481,6 +484,7 @@ def test_overwritten_bytes_are_read_or_refused_in_one_line(base, hits):
         check(_materialise(files, Path(tmp)))
 
 
+@pytest.mark.slow
 @fuzz(60)
 @given(gone=st.sets(st.integers(0, N_SLICES - 1), min_size=1, max_size=N_SLICES))
 def test_deleted_slices_give_exactly_the_documented_outcome(base, base_volume, gone):

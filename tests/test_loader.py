@@ -104,6 +104,7 @@ DAMAGES = st.one_of(
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+@pytest.mark.slow
 @example(damages=[("pixel_spacing", 2000.0), ("intact",), ("nifti_zoom", 1000.0)])
 @given(damages=st.lists(DAMAGES, min_size=1, max_size=3))
 def test_predict_answers_one_json_line_per_damaged_input(damages, base_study, base_volume, model_file, capsys):

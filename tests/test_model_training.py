@@ -72,6 +72,7 @@ def test_model_file_round_trip(tmp_path):
         load_model(tmp_path / "bad.safetensors")
 
 
+@pytest.mark.slow
 def test_local_training_measurably_learns(tiny_federation, cache_dir):
     site = Site(tiny_federation[0])
     data = site.load("train", SETTINGS, InputCache(SETTINGS, cache_dir)).data

@@ -47,6 +47,7 @@ def test_lint_refuses_bare_imports(tmp_path):
     assert "`common` is banned" in run.stdout and "`server` is banned" in run.stdout
 
 
+@pytest.mark.slow
 def test_the_app_bundle_of_the_repository_imports_fedaaa_from_itself(tmp_path):
     """`flwr run .` ships a FAB of the repository; a SuperLink/SuperNode imports fedaaa.* from it."""
     from flwr.cli.build import build_fab_from_disk

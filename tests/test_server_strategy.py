@@ -333,6 +333,7 @@ def test_round_keys_and_run_defaults_come_from_train_settings():
     assert set(run.round_config()) == set(ROUND_KEYS)
 
 
+@pytest.mark.slow
 def test_importing_the_server_app_loads_no_imaging_stack():
     code = (
         "import sys, fedaaa.server.app, fedaaa.common.clinical, fedaaa.common.config, fedaaa.common.metrics\n"

@@ -50,6 +50,7 @@ def broken_site(tiny_federation, tmp_path_factory) -> tuple[Path, dict[str, str]
     return site, expected
 
 
+@pytest.mark.slow
 def test_site_check_lists_each_broken_study_and_the_rest_as_usable(broken_site, tmp_path, capsys):
     site, expected = broken_site
     code = main(["site", "check", str(site), "--json", "--workers", "2", "--cache-dir", str(tmp_path)])
@@ -87,6 +88,7 @@ def test_site_check_human_report_and_refusals(broken_site, tmp_path, capsys):
     assert err.startswith("error:") and "line 2" in err and "aaa must be 0 or 1" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_cached_round_skips_decoding_and_content_changes_are_seen(tiny_federation, tmp_path):
     site = Site(tiny_federation[1])
     first = InputCache(PREPROCESS, tmp_path)
