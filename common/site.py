@@ -1,4 +1,8 @@
-"""A hospital's site folder: its manifest, its studies, and their model inputs."""
+"""A hospital's site folder: its manifest, its studies, and their model inputs.
+
+The manifest's optional ``mask`` column names a study's aorta label (a NIfTI file on the study's voxel grid,
+1 = aorta to its outer wall), relative to the site folder; it obeys the same path rules as ``path``.
+"""
 
 from __future__ import annotations
 
@@ -41,23 +45,25 @@ class Study:
     max_diameter_mm: float  # NaN when the report gave no diameter
     split: str = "train"
     sex: str = ""
-    problem: str = ""  # why the manifest's path is refused outright (absolute, "..", control characters)
+    problem: str = ""  # why the manifest's path or mask is refused outright (absolute, "..", control characters)
+    mask: Path | None = None  # the aorta label file (manifest column ``mask``); None when the row names none
 
 
 def _shown(value: str) -> str:
     return repr(printable(value, SHOWN))
 
 
-def _path_syntax_problem(rel: str) -> str:
-    """Why a manifest ``path`` value is refused without looking at the disk ("" when it is not)."""
+def _path_syntax_problem(rel: str, what: str = "study path") -> str:
+    """Why a manifest path value (``path``, or ``mask`` with ``what="mask path"``) is refused without looking
+    at the disk ("" when it is not)."""
     if "\x00" in rel:
-        return "unsafe path: the study path holds a NUL character"
+        return f"unsafe path: the {what} holds a NUL character"
     if printable(rel, len(rel) + 1, collapse=False) != rel:
-        return "unsafe path: the study path holds control characters"
+        return f"unsafe path: the {what} holds control characters"
     if Path(rel).is_absolute() or ".." in Path(rel).parts:
-        return "unsafe path: the study path must be relative to the site folder, without '..'"
+        return f"unsafe path: the {what} must be relative to the site folder, without '..'"
     if not Path(rel).parts or Path(rel).parts == (".",):
-        return "unsafe path: the study path names the site folder itself"
+        return f"unsafe path: the {what} names the site folder itself"
     return ""
 
 
@@ -84,11 +90,16 @@ def _parse_row(manifest: Path, line: int, row: dict, root: Path) -> Study:
     if split not in SPLITS:
         raise ConfigError(f"{where}: split must be one of {', '.join(SPLITS)}, got {_shown(split)}")
     path = root if problem else root / rel
-    return Study(study_id, path, int(aaa), diameter, split, (row.get("sex") or "").strip(), problem)
+    mask_rel = (row.get("mask") or "").strip()
+    mask_problem = _path_syntax_problem(mask_rel, "mask path") if mask_rel else ""
+    mask = root / mask_rel if mask_rel and not mask_problem else None
+    sex = (row.get("sex") or "").strip()
+    return Study(study_id, path, int(aaa), diameter, split, sex, problem or mask_problem, mask)
 
 
-def study_path_problem(path: str | Path, root: str | Path | None = None) -> str:
-    """Why a study path is refused before any of its bytes is read ("" when it may be read).
+def study_path_problem(path: str | Path, root: str | Path | None = None, *, what: str = "study path") -> str:
+    """Why a study path (or, with ``what="mask path"``, a mask path) is refused before any of its bytes is
+    read ("" when it may be read).
 
     Cheap and never blocking: a few ``stat`` calls. The path must exist, lead to a regular file or a
     folder (never a FIFO, device or socket: reading one hangs or never ends), not be a symlink loop and,
@@ -97,32 +108,32 @@ def study_path_problem(path: str | Path, root: str | Path | None = None) -> str:
     try:
         os.lstat(path)
     except FileNotFoundError:
-        return PATH_MISSING
+        return PATH_MISSING if what == "study path" else f"{what} does not exist"
     except ValueError:
-        return "unsafe path: the study path holds a NUL character"
+        return f"unsafe path: the {what} holds a NUL character"
     except OSError as exc:
-        return f"study path cannot be read ({describe(exc)})"
+        return f"{what} cannot be read ({describe(exc)})"
     try:
         resolved = Path(os.path.realpath(path, strict=True))
     except FileNotFoundError:
-        return "unsafe path: the study path is a broken symlink"
+        return f"unsafe path: the {what} is a broken symlink"
     except (OSError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
-            return "unsafe path: the study path is a symlink loop"
-        return f"study path cannot be read ({describe(exc)})"
+            return f"unsafe path: the {what} is a symlink loop"
+        return f"{what} cannot be read ({describe(exc)})"
     except ValueError:
-        return "unsafe path: the study path holds a NUL character"
+        return f"unsafe path: the {what} holds a NUL character"
     if root is not None:
         base = Path(os.path.realpath(root))
         if resolved == base or not resolved.is_relative_to(base):
-            return "unsafe path: the study path leads outside the site folder"
+            return f"unsafe path: the {what} leads outside the site folder"
     try:
         mode = os.stat(resolved).st_mode
     except OSError as exc:
-        return f"study path cannot be read ({describe(exc)})"
+        return f"{what} cannot be read ({describe(exc)})"
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
-        return f"unsafe path: the study path is a {kind}, not a regular file or a folder"
+        return f"unsafe path: the {what} is a {kind}, not a regular file or a folder"
     return ""
 
 
@@ -176,8 +187,8 @@ def _manifest_text(manifest: Path) -> str:
 def read_manifest(manifest: Path, root: Path) -> list[Study]:
     """The studies a manifest names; any problem of the manifest itself is one ConfigError naming its line.
 
-    A row whose path is unsafe by its text alone (absolute, "..", control characters) is kept with its
-    ``problem``: that study is refused, not the site."""
+    A row whose path or mask is unsafe by its text alone (absolute, "..", control characters) is kept with
+    its ``problem``: that study is refused, not the site. An empty or absent ``mask`` is ``mask=None``."""
     reader = csv.DictReader(io.StringIO(_manifest_text(manifest), newline=""), strict=False)
     studies: list[Study] = []
     try:
@@ -208,6 +219,33 @@ class Site:
 
     def split(self, name: str) -> list[Study]:
         return [s for s in self.studies if s.split == name]
+
+    def mask_problem(self, study: Study) -> str:
+        """Why ``study``'s mask cannot be used ("" when it can): none named, its row refused, or the file is
+        missing, not a regular file, or leads outside the site (a few ``stat`` calls, no byte read)."""
+        if study.mask is None:
+            return "no mask named"
+        if study.problem:
+            return study.problem
+        problem = study_path_problem(study.mask, self.root, what="mask path")
+        if not problem and not os.path.isfile(study.mask):
+            problem = "unsafe path: the mask path is a folder, not a regular file"
+        return problem
+
+    def masked(self, studies: list[Study] | None = None) -> list[Study]:
+        """The studies (of ``studies``, default all) whose aorta mask file can be used.
+
+        A study whose manifest names a mask that is missing or unsafe on disk is left out with a logged
+        warning (by study id): it stays usable for classification, only its mask is ignored. A mask path
+        unsafe by its text alone already refused that row (``Study.problem``) when the manifest was read."""
+        out = []
+        for study in self.studies if studies is None else studies:
+            problem = self.mask_problem(study)
+            if not problem:
+                out.append(study)
+            elif study.mask is not None and not study.problem:
+                log.warning("ignored mask of study %s: %s", printable(study.study_id), printable(problem, REASON_LIMIT))
+        return out
 
     def prepare(
         self,

@@ -12,6 +12,11 @@ Slices are point samples along z (SliceThickness is a header value); the slice g
 maximum (on the head-most slice for normals), so that maximum is a slice centre under every spacing. The profile's
 storage fields (orientation, transfer syntax, layout, extras...) are used by the DICOM export,
 simulations.synth_dicom.write_study.
+
+The aorta label (``SyntheticStudy.aorta_mask``) comes from the same geometry: a voxel is aorta where the outer
+wall's partial-volume coverage is >= 0.5 (signed distance <= 0), lumen, thrombus, calcification and wall alike;
+the iliacs below the bifurcation are not aorta. :meth:`SyntheticStudy.ras_affine` and
+:meth:`SyntheticStudy.ras_mask` give it on the RAS voxel grid that fedaaa.common.io.read_study returns.
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ class SyntheticStudy:
     and ``aorta_tilt_deg`` its angle to the z axis (0 / NaN below the bifurcation), e.g. to build
     segmentation targets. An axial cut of the tilted aorta is an ellipse with semi-axes
     ``diameter / 2 / cos(tilt)`` along the in-plane direction of the tangent and ``diameter / 2`` across.
+    ``aorta_mask`` (same shape as ``hu``, bool) is the aorta to its outer wall: outer-wall coverage >= 0.5.
     """
 
     hu: np.ndarray
@@ -140,6 +146,7 @@ class SyntheticStudy:
     aorta_tilt_deg: np.ndarray | None = None
     aorta_direction: np.ndarray | None = None
     slice_spacing_mm: float | None = None
+    aorta_mask: np.ndarray | None = None
 
     @property
     def aaa(self) -> int:
@@ -148,6 +155,25 @@ class SyntheticStudy:
     def truth(self, study_id: str) -> StudyTruth:
         """The ground-truth record of this study under ``study_id``."""
         return StudyTruth(study_id, self.aaa, self.max_diameter_mm, self.kind, self.sex, self.max_z_mm)
+
+    def ras_affine(self) -> np.ndarray:
+        """The 4x4 affine of :meth:`ras_mask`'s grid: voxel (i, j, k) -> RAS mm, i toward the patient's Right
+        (columns reversed), j toward Anterior (rows reversed), k toward Superior (slices reversed), as
+        fedaaa.common.io.read_study orders any export of this study."""
+        n, rows, cols = self.hu.shape
+        ps, (x0, y0) = self.pixel_spacing_mm, self.origin_mm
+        z = np.asarray(self.z_mm, float)
+        dz = float(z[0] - z[-1]) / (n - 1) if n > 1 else float(self.slice_spacing_mm or 1.0)
+        affine = np.diag([ps, ps, dz, 1.0])
+        # RAS x = -LPS x of column cols-1-i; RAS y = -LPS y of row rows-1-j; z of slice n-1-k
+        affine[:3, 3] = (-(x0 + (cols - 1) * ps), -(y0 + (rows - 1) * ps), float(z[-1]))
+        return affine
+
+    def ras_mask(self) -> np.ndarray:
+        """``aorta_mask`` as uint8 (1 = aorta to its outer wall) on the grid of :meth:`ras_affine`."""
+        if self.aorta_mask is None:
+            raise ValueError("this study has no aorta mask")
+        return np.ascontiguousarray(self.aorta_mask[::-1, ::-1, ::-1].transpose(2, 1, 0), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------- shapes
@@ -200,15 +226,26 @@ class _Grid:
         self.ps = fov / matrix
         self.c = -fov / 2 + self.ps / 2 + np.arange(matrix) * self.ps  # pixel centres, same for x and y
 
-    def paint(self, img: np.ndarray, shape: _Shape, hu: float) -> None:
-        """Composite one structure over ``img`` inside its bounding box (plus one pixel)."""
+    def coverage(self, shape: _Shape) -> tuple[tuple[slice, slice], np.ndarray] | None:
+        """Partial-volume coverage of ``shape`` inside its bounding box (plus one pixel): (rows, cols), cov."""
         ps, c = self.ps, self.c
         i0, i1 = np.searchsorted(c, [shape.x0 - ps, shape.x1 + ps])
         j0, j1 = np.searchsorted(c, [shape.y0 - ps, shape.y1 + ps])
         if i0 < i1 and j0 < j1:
-            cov = np.clip(0.5 - shape.sdf(c[None, i0:i1], c[j0:j1, None]) / ps, 0.0, 1.0)
-            sub = img[j0:j1, i0:i1]
+            return (slice(j0, j1), slice(i0, i1)), np.clip(
+                0.5 - shape.sdf(c[None, i0:i1], c[j0:j1, None]) / ps, 0.0, 1.0
+            )
+        return None
+
+    def paint(self, img: np.ndarray, shape: _Shape, hu: float, label: np.ndarray | None = None) -> None:
+        """Composite one structure over ``img``; where ``label`` is given, mark coverage >= 0.5 in it too."""
+        box = self.coverage(shape)
+        if box is not None:
+            where, cov = box
+            sub = img[where]
             sub += (hu - sub) * cov
+            if label is not None:
+                label[where] |= cov >= 0.5
 
 
 # ---------------------------------------------------------------------------------------------- scanning
@@ -335,10 +372,17 @@ def _paint_bowel(img: np.ndarray, grid: _Grid, anatomy: Anatomy, vessels: list[_
 
 
 def _paint_vessel(
-    img: np.ndarray, grid: _Grid, v: _VesselCut, aorta: Aorta, baseline: float | None, lumen_hu: float
+    img: np.ndarray,
+    grid: _Grid,
+    v: _VesselCut,
+    aorta: Aorta,
+    baseline: float | None,
+    lumen_hu: float,
+    label: np.ndarray | None = None,
 ) -> None:
-    """Wall, thrombus (where ``baseline``, the aortic diameter without the bulge, is given) and lumen."""
-    grid.paint(img, _tube(v.x, v.y, v.radius, v.phi, v.sec), _HU["vessel_wall"])
+    """Wall, thrombus (where ``baseline``, the aortic diameter without the bulge, is given) and lumen; the
+    outer wall's coverage >= 0.5 is marked in ``label`` where given."""
+    grid.paint(img, _tube(v.x, v.y, v.radius, v.phi, v.sec), _HU["vessel_wall"], label)
     ri, t = v.radius - aorta.wall_mm, aorta.thrombus  # inner wall radius
     rl = ri  # lumen radius
     if t is not None and baseline is not None:
@@ -384,6 +428,7 @@ def scan_patient(patient: Patient, profile: ScannerProfile) -> SyntheticStudy:
     for shape, v in _body_structures(anatomy.body):
         grid.paint(body_img, shape, v)
     hu = np.empty((len(h), profile.matrix, profile.matrix), np.float32)
+    mask = np.zeros(hu.shape, bool)
     for k in range(len(h)):
         img = hu[k]
         img[:] = body_img
@@ -391,15 +436,21 @@ def scan_patient(patient: Patient, profile: ScannerProfile) -> SyntheticStudy:
         _paint_kidneys(img, grid, anatomy, aorta, h[k], k, kidney_hu)
         _paint_bowel(img, grid, anatomy, vessels, h[k])
         baseline = aorta.baseline[k] if aorta.aortic[k] else None
-        for v in vessels:
-            _paint_vessel(img, grid, v, anatomy.aorta, baseline, lumen_hu)
+        for v in vessels:  # the iliacs (below the bifurcation) are not labelled
+            _paint_vessel(img, grid, v, anatomy.aorta, baseline, lumen_hu, mask[k] if aorta.aortic[k] else None)
         if aorta.aortic[k]:
             _paint_calcifications(img, grid, anatomy, aorta, h[k], k)
-    return _study(patient, profile, grid, h, aorta, hu)
+    return _study(patient, profile, grid, h, aorta, hu, mask)
 
 
 def _study(
-    patient: Patient, profile: ScannerProfile, grid: _Grid, h: np.ndarray, aorta: _AorticSlices, hu: np.ndarray
+    patient: Patient,
+    profile: ScannerProfile,
+    grid: _Grid,
+    h: np.ndarray,
+    aorta: _AorticSlices,
+    hu: np.ndarray,
+    mask: np.ndarray | None = None,
 ) -> SyntheticStudy:
     """Wrap the sampled slices and the per-slice aortic truth as a :class:`SyntheticStudy`."""
     z, aortic, D = patient.anatomy.z_lo_mm + h, aorta.aortic, aorta.diameter
@@ -420,6 +471,7 @@ def _study(
         aorta_tilt_deg=np.where(aortic, np.degrees(np.arctan(aorta.slope)), np.nan),
         aorta_direction=np.where(aortic[:, None], tangent, np.nan),
         slice_spacing_mm=profile.spacing_mm,
+        aorta_mask=mask,
     )
 
 

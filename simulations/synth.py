@@ -9,10 +9,12 @@ scanned twice. The DICOM export is :func:`write_study` (simulations.synth_dicom)
 
 Site layout written by :func:`write_site`::
 
-    SITE/manifest.csv        study_id,path,aaa,max_diameter_mm,split,sex
+    SITE/manifest.csv        study_id,path,aaa,max_diameter_mm,mask,split,sex
     SITE/truth.csv           study_id,kind,sex,aaa,max_diameter_mm,max_z_mm  (simulation ground truth)
     SITE/studies/<id>/...    one study folder as the site's scanner exports it (see synth_dicom.write_study):
                              layout "flat" IMnnnn.dcm, "noext" IMnnnn, "nested" DICOM/<series-no>/<8 hex>
+    SITE/masks/<id>.nii.gz   the aorta label (uint8, 1 = aorta to its outer wall) on the RAS voxel grid that
+                             fedaaa.common.io.read_study returns for the study (see :func:`write_mask`)
     SITE/.synth.json         the spec the folder was written from (reuse marker, written last)
 
 :data:`ACQUISITION_VARIANTS` and :func:`write_variant` write one anatomy under each acquisition variant, to
@@ -33,6 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from fedaaa.common.clinical import AAA_THRESHOLD_MM
@@ -114,12 +117,15 @@ __all__ = [
     "render_study",
     "variant_profile",
     "write_federation",
+    "write_mask",
     "write_site",
     "write_variant",
 ]
 
 GENERATOR_VERSION = 2
-MANIFEST_COLUMNS = ("study_id", "path", "aaa", "max_diameter_mm", "split", "sex")
+# ``mask`` before the optional ``split,sex`` keeps rows ending in "<split>,<sex>" (tests/test_federation.py
+# counts training rows by that ending); readers go by column name.
+MANIFEST_COLUMNS = ("study_id", "path", "aaa", "max_diameter_mm", "mask", "split", "sex")
 TRUTH_COLUMNS = ("study_id", "kind", "sex", "aaa", "max_diameter_mm", "max_z_mm")
 _VENDORS = ("Acme Medical", "Helix Imaging", "Orbis CT", "Nova Systems", "Vertex Health", "Lumen Scan")
 
@@ -307,8 +313,23 @@ def _is_complete(site: Path, meta: dict) -> bool:
     except (OSError, ValueError):
         return False
     return len(rows) == meta["spec"]["n_studies"] and all(
-        (site / r["path"]).is_dir() and any((site / r["path"]).iterdir()) for r in rows
+        (site / r["path"]).is_dir() and any((site / r["path"]).iterdir()) and (site / (r.get("mask") or "")).is_file()
+        for r in rows
     )
+
+
+def write_mask(path: Path, study: SyntheticStudy) -> Path:
+    """Write ``study``'s aorta label as a NIfTI file (uint8, 1 = aorta to its outer wall) on the RAS voxel grid
+    that fedaaa.common.io.read_study returns for any export of the study; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = nib.Nifti1Image(study.ras_mask(), study.ras_affine())
+    image.header.set_data_dtype(np.uint8)
+    image.set_qform(study.ras_affine(), code=1)
+    image.set_sform(study.ras_affine(), code=1)
+    tmp = path.with_name(path.name + ".tmp.nii.gz")
+    nib.save(image, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
@@ -331,7 +352,9 @@ def write_site(
 
     Prevalence is exact up to rounding; negatives are ~70% normal / ~30% ectatic; the split is stratified by
     ``aaa``. Deterministic in ``spec.seed``. A folder already complete for the same spec is reused untouched;
-    otherwise its previous output is removed and rewritten."""
+    otherwise its previous output is removed and rewritten. Each study's aorta label is written to
+    ``masks/<id>.nii.gz`` (manifest column ``mask``); it draws nothing, so the DICOM output is the same with or
+    without it."""
     site = Path(root) / spec.name
     meta = json.loads(
         json.dumps(
@@ -346,6 +369,7 @@ def write_site(
     for name in (".synth.json", "manifest.csv", "truth.csv"):
         (site / name).unlink(missing_ok=True)
     shutil.rmtree(site / "studies", ignore_errors=True)
+    shutil.rmtree(site / "masks", ignore_errors=True)
     (site / "studies").mkdir(parents=True)
 
     n = spec.n_studies
@@ -362,6 +386,7 @@ def write_site(
         sid = f"{letter}-{i + 1:04d}"
         study = render_study(srng, spec.profile, str(kinds[i]), str(sexes[i]))
         write_study(site / "studies" / sid, study, spec.profile, sid, srng)
+        write_mask(site / "masks" / f"{sid}.nii.gz", study)
         truths.append(study.truth(sid))
         if progress:
             progress(f"{spec.name}: study {i + 1}/{n}")
@@ -375,7 +400,15 @@ def write_site(
         site / "manifest.csv",
         MANIFEST_COLUMNS,
         [
-            (t.study_id, f"studies/{t.study_id}", t.aaa, f"{t.max_diameter_mm:.1f}", s, t.sex)
+            (
+                t.study_id,
+                f"studies/{t.study_id}",
+                t.aaa,
+                f"{t.max_diameter_mm:.1f}",
+                f"masks/{t.study_id}.nii.gz",
+                s,
+                t.sex,
+            )
             for t, s in zip(truths, split)
         ],
     )

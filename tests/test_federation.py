@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import re
@@ -66,11 +67,8 @@ def test_client_sends_only_weights_and_whitelisted_scalars(tiny_federation, cach
     reply = client_app.train(msg, _context(tiny_federation[0], cache_dir))
     metrics = dict(reply.content["metrics"])
     assert set(metrics) <= client_app.TRAIN_KEYS
-    n_train = sum(
-        1
-        for line in (tiny_federation[0] / "manifest.csv").read_text().splitlines()
-        if line.endswith(("train,M", "train,F"))
-    )
+    with (tiny_federation[0] / "manifest.csv").open(newline="") as fh:
+        n_train = sum(1 for row in csv.DictReader(fh) if row["split"] == "train")
     assert metrics["num-examples"] == n_train  # examples, not batches
     new = reply.content["arrays"].to_torch_state_dict()
     assert set(new) == set(model.state_dict())

@@ -553,3 +553,25 @@ def test_default_sites_are_heterogeneous():
     assert {p.orientation for p in flat} == {"standard", "flip_rows", "flip_cols", "flip_both"}
     assert sum(p.orientation == "standard" for p in flat) > len(flat) / 2
     assert {p.contrast_phase for p in flat if p.contrast} == {"arterial", "portal"}
+
+
+def test_site_reuse_needs_every_mask(tmp_path):
+    """A folder written before the labels existed (no ``mask`` column) or missing one label is rewritten."""
+    spec = replace(SPEC, n_studies=4, profile=FAST)
+    site = write_site(tmp_path, spec)
+    with open(site / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all((site / r["mask"]).is_file() for r in rows) and len(list((site / "masks").iterdir())) == 4
+    stamp = (site / "manifest.csv").stat().st_mtime_ns
+    assert write_site(tmp_path, spec) == site and (site / "manifest.csv").stat().st_mtime_ns == stamp
+    (site / rows[0]["mask"]).unlink()
+    write_site(tmp_path, spec)
+    assert (site / rows[0]["mask"]).is_file() and (site / "manifest.csv").stat().st_mtime_ns != stamp
+    old = [c for c in MANIFEST_COLUMNS if c != "mask"]  # the previous generator's manifest
+    with open(site / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    write_site(tmp_path, spec)
+    with open(site / "manifest.csv", newline="") as f:
+        assert [r["mask"] for r in csv.DictReader(f)] == [r["mask"] for r in rows]
