@@ -64,28 +64,29 @@ def _read_header(path: Path) -> nib.Nifti1Header:
     raise StudyError(path, "cannot be read as NIfTI (not a single-file NIfTI-1 or NIfTI-2 header)")
 
 
-def _scan_gzip(path: Path, offset: int, itemsize: int, cap: int) -> tuple[int, bool]:
-    """Inflate a .nii.gz in chunks, keeping nothing: its inflated size (never counted beyond ``cap`` + 1)
-    and whether every voxel after ``offset`` holds the same value (a zero-filled bomb, not an image)."""
-    total, constant, pattern = 0, True, b""
+def _inflate_gzip(path: Path, offset: int, itemsize: int, cap: int) -> tuple[bytearray, bool]:
+    """Inflate a .nii.gz once, in chunks, never beyond ``cap`` + 1 bytes: the inflated bytes (handed to
+    nibabel, so the file is not inflated a second time) and whether every voxel after ``offset`` holds the
+    same value (a zero-filled bomb, not an image). The caller has checked ``cap`` against the budgets."""
+    data, constant, pattern = bytearray(), True, b""
     try:
         with gzip.open(path, "rb") as fh:
-            head = fh.read(min(offset, cap + 1))
-            total = len(head)
+            data += fh.read(min(offset, cap + 1))
             step = max(1, _CHUNK // itemsize) * itemsize  # chunks stay aligned on voxels
-            while total <= cap and (chunk := fh.read(min(step, cap + 1 - total))):
-                total += len(chunk)
+            while len(data) <= cap and (chunk := fh.read(min(step, cap + 1 - len(data)))):
+                data += chunk
                 if constant:
                     pattern = pattern or chunk[:itemsize]
                     whole = len(chunk) // itemsize * itemsize
                     constant = chunk[:whole] == pattern * (whole // itemsize)
     except (OSError, EOFError, zlib.error) as exc:
         raise _cannot_read(path, exc) from exc
-    return total, constant
+    return data, constant
 
 
-def _check_header(path: Path, hdr: nib.Nifti1Header) -> tuple[tuple[int, int, int], np.ndarray]:
-    """Shape (3-D) and affine, once every budget that the header decides has passed."""
+def _check_header(path: Path, hdr: nib.Nifti1Header) -> tuple[tuple[int, int, int], np.ndarray, bytearray | None]:
+    """Shape (3-D), affine and, for a .nii.gz, its inflated bytes, once every budget that the header
+    decides has passed."""
     try:
         shape = tuple(int(n) for n in hdr.get_data_shape())
         dtype = np.dtype(hdr.get_data_dtype())
@@ -102,8 +103,10 @@ def _check_header(path: Path, hdr: nib.Nifti1Header) -> tuple[tuple[int, int, in
         raise StudyError(path, f"NIfTI data type {dtype} is not a number per voxel")
     check_budget(path, "the NIfTI header", dims, affine, bytes_per_voxel=dtype.itemsize)
     expected = offset + int(np.prod(dims)) * dtype.itemsize
+    inflated = None
     if _gzipped(path):
-        found, constant = _scan_gzip(path, offset, dtype.itemsize, expected + GZIP_SLACK_BYTES)
+        inflated, constant = _inflate_gzip(path, offset, dtype.itemsize, expected + GZIP_SLACK_BYTES)
+        found = len(inflated)
         if found > expected + GZIP_SLACK_BYTES:
             raise StudyError(
                 path,
@@ -120,7 +123,7 @@ def _check_header(path: Path, hdr: nib.Nifti1Header) -> tuple[tuple[int, int, in
             f"the file holds {human_bytes(found)} but its header declares {' x '.join(map(str, dims))} voxels "
             f"of {dtype.name} ({human_bytes(expected)}): it is truncated or its header is wrong",
         )
-    return (dims[0], dims[1], dims[2]), affine
+    return (dims[0], dims[1], dims[2]), affine, inflated
 
 
 def read_nifti(path: Path, check_grid: GridCheck | None = None) -> CTVolume:
@@ -129,11 +132,16 @@ def read_nifti(path: Path, check_grid: GridCheck | None = None) -> CTVolume:
     The header is checked first (3-D, voxel budget, voxel size, the bytes it declares present and not
     exceeded after inflation); ``check_grid`` sees the grid before any voxel is read."""
     hdr = _read_header(path)
-    shape, affine = _check_header(path, hdr)
+    shape, affine, inflated = _check_header(path, hdr)
     if check_grid is not None:
         check_grid(shape, affine)
     try:
-        img = nib.load(str(path))
+        if inflated is None:
+            img = nib.load(str(path))
+        else:  # the bytes already inflated (and checked) above
+            image_class = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+            img = image_class.from_bytes(bytes(inflated))
+            del inflated
         data = np.asanyarray(img.dataobj, dtype=np.float32) if img.ndim else None
         affine = np.asarray(img.affine, dtype=float)
     except Exception as exc:  # nibabel raises many types for broken files; all mean "cannot read"
