@@ -1,16 +1,25 @@
 """What a synthetic patient looks like: :func:`draw_patient` draws one :class:`Patient` from ``rng``, before any
 scanner is involved (simulations.scanner samples it, simulations.synth composes the two).
 
-A patient's :class:`Anatomy` (body, spine, kidneys, bowel and :class:`Aorta`) is a set of continuous structures in
-DICOM patient coordinates (LPS, mm: +x patient left, +y posterior, +z head), as functions of the height ``h`` above
-the caudal edge of the scan (patient z = z_lo_mm + h). Aortic diameters follow the usual adult infrarenal range
-(about 17 mm in women, 19 mm in men) and the AAA definition (outer-wall diameter >= 30 mm). The order of the draws
-is fixed: the same ``rng`` state gives the same patient, whatever scanner later samples it.
+A patient's :class:`Anatomy` (body, spine, kidneys, bowel, :class:`Aorta` and its unlabelled neighbours: the
+inferior vena cava and iliac veins, the left renal vein) is a set of continuous structures in DICOM patient
+coordinates (LPS, mm: +x patient left, +y posterior, +z head), as functions of the height ``h`` in the patient's
+frame (patient z = z_lo_mm + h; the aortic taper and the kidneys are placed on h = 0..length_mm, the scan covers
+h = scan_lo_mm..scan_hi_mm). Aortic diameters follow the usual adult infrarenal range (about 17 mm in women, 19 mm
+in men) and the AAA definition (outer-wall diameter >= 30 mm). The order of the draws is fixed: the same ``rng``
+state gives the same patient, whatever scanner later samples it.
+
+The generator teaches anatomy rather than one renderer's style (in the spirit of SynthSeg): every patient has its
+own tissue HU (:class:`Tissues`), thrombus from none to 90% of the sac (often a crescent), from no calcification to
+rings of it, a scanned length of 200-320 mm with the bifurcation 15-110 mm above its caudal end, and neighbours
+that may touch the aorta (IVC, left renal vein, bowel; thin patients with little retroperitoneal fat). Only the
+aorta is ever labelled, and the truth is always its outer wall. Draws added for this come after every earlier
+draw, so the fields drawn before keep their values for a seed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,8 +28,9 @@ KINDS = ("normal", "ectatic", "aneurysm")
 _AGE = {"aneurysm": (72, 7), "ectatic": (68, 9), "normal": (58, 12)}  # years: mean, SD (clipped to 35-90)
 
 
-# The patient is a set of continuous structures in mm; ``h`` is the height above the caudal edge of the scan
-# (patient z = z_lo_mm + h). Every field below is drawn by draw_patient, before any scanner is involved.
+# The patient is a set of continuous structures in mm; ``h`` is the height in the patient's frame (patient
+# z = z_lo_mm + h; the scan covers Anatomy.scan_range). Every field below is drawn by draw_patient, before any
+# scanner is involved.
 @dataclass(frozen=True)
 class Wander:
     """Smooth zero-mean displacement (mm) along height h: two weighted sinusoids, peak about ``amplitude``."""
@@ -48,16 +58,16 @@ class AorticDiameter:
     to the top of the scan, plus (ectatic, aneurysm) a fusiform cos^2 bulge up to ``peak_mm``."""
 
     bifurcation_h: float
-    top_h: float  # the scanned length: h of the head-most possible slice
+    top_h: float  # Anatomy.length_mm: the taper ends there (renal level reference, the kidneys' upper poles)
     at_bifurcation_mm: float
     taper_mm: float  # baseline gain from the bifurcation to top_h
-    max_h: float  # height of the largest diameter inside the scan, on a 0.5 mm grid
+    max_h: float  # height of the largest diameter inside the scan, on a 0.5 mm grid (the head-most slice: normals)
     peak_mm: float | None = None  # None: no bulge (normal aorta)
     sac_length_mm: float | None = None
 
     def baseline(self, h: float | np.ndarray) -> float | np.ndarray:
-        """Diameter without the bulge."""
-        return self.at_bifurcation_mm + self.taper_mm * (np.asarray(h) - self.bifurcation_h) / (
+        """Diameter without the bulge (constant above ``top_h``)."""
+        return self.at_bifurcation_mm + self.taper_mm * (np.minimum(h, self.top_h) - self.bifurcation_h) / (
             self.top_h - self.bifurcation_h
         )
 
@@ -71,24 +81,32 @@ class AorticDiameter:
 
 @dataclass(frozen=True)
 class Thrombus:
-    """Mural thrombus lining an aneurysm sac."""
+    """Mural thrombus lining an aneurysm sac (or a thin layer in an ectatic aorta)."""
 
-    hu: float
-    fill: float  # share of the bulge (between baseline lumen and inner wall) it fills
-    eccentricity: float  # how far the residual lumen is pushed off-centre (share of the thrombus thickness)
+    hu: float  # 25-60
+    fill: float  # share of the area inside the wall it fills at the sac's maximum (0..0.9), less toward its ends
+    eccentricity: float  # how far the residual lumen is pushed off-centre (share of the thrombus thickness;
+    # 1: the lumen touches the wall on one side and the thrombus is a crescent)
     direction: float  # rad, in-plane direction of that push
 
 
 @dataclass(frozen=True)
 class Calcification:
-    """Wall calcification: a short arc of ``segments`` small tubes just inside the outer wall."""
+    """Wall calcification: an arc plaque of half-thickness ``radius`` just inside the outer wall, from ``angle``
+    over ``span`` rad (a ring when span >= 2 pi; None: ``segments`` tubes 0.15 rad apart, a short arc)."""
 
     h: float
     half_length: float
-    angle: float  # rad, first segment
+    angle: float  # rad, where the arc starts
     segments: int
     radius: float
     hu: float
+    span: float | None = None
+
+    @property
+    def arc(self) -> float:
+        """Angular length of the plaque (rad)."""
+        return 0.15 * (self.segments - 1) if self.span is None else self.span
 
 
 @dataclass(frozen=True)
@@ -147,7 +165,7 @@ class Kidney:
     half_length: float
     semi_major: float
     semi_minor: float
-    x_mm: float  # moved laterally when needed to keep 10 mm of fat from the aorta
+    x_mm: float  # moved laterally when needed to keep Anatomy.kidney_gap_mm of fat from the aorta and IVC
     y_mm: float
     rotation: float  # rad
 
@@ -166,16 +184,74 @@ class BowelLoop:
 
 
 @dataclass(frozen=True)
-class Anatomy:
-    """One patient's abdomen as continuous functions of height ``h`` (mm above the scan's caudal edge)."""
+class Tissues:
+    """One patient's tissue HU (per-study intensity randomisation: the aortic wall and thrombus against their
+    neighbours have a different contrast in every study)."""
 
-    length_mm: float  # scanned length: slices lie in h = 0..length_mm
+    subcutaneous_fat: float  # -130..-70
+    visceral_fat: float  # -130..-60, periaortic included
+    muscle: float  # 30-70
+    vessel_wall: float  # 30-70
+    bowel_wall: float  # 25-80
+    cortical_bone: float  # 600-1000
+    vertebral_arch: float  # 300-600
+    spinal_canal: float  # 0-30
+    marrow_shift: float  # added to Body.marrow_hu
+    kidney_shift: float  # added to the kidney HU of the contrast phase (scanner._KIDNEY_HU)
+
+
+@dataclass(frozen=True)
+class Cava:
+    """Inferior vena cava, right of the aorta (an ovoid cut, never labelled), splitting into two common iliac
+    veins below ``confluence_h``. Its left edge lies gap_mm + max(0, drift_mm + wander_x(h)) right of the aorta's
+    right edge (of the right iliac artery below the bifurcation): a gap of 0 touches, an aneurysm pushes it aside."""
+
+    gap_mm: float  # least fat between it and the arteries' outer wall
+    drift_mm: float  # mean extra fat beyond that gap
+    wander_x: Wander
+    semi_x: float  # 9-14 mm: 18-28 mm wide
+    semi_y: float  # 6-10 mm: 12-20 mm deep
+    y_shift: float  # its posterior edge lies 3 + y_shift mm in front of the vertebral body
+    confluence_h: float
+    iliac_radius: float
+    enhancement: float  # 0..1 inside the contrast phase's vein HU range (scanner._VEIN_HU)
+
+
+@dataclass(frozen=True)
+class RenalVein:
+    """Left renal vein: a horizontal tube at height ``h`` from the left kidney to the IVC, crossing just anterior to
+    the aorta (``gap_mm`` of fat between them, 0: touching). Same HU as the IVC; never labelled."""
+
+    h: float
+    radius: float
+    gap_mm: float
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """One patient's abdomen as continuous functions of height ``h`` (mm; patient z = z_lo_mm + h)."""
+
+    length_mm: float  # the anatomical frame: aortic taper up to h = length_mm, kidneys' upper poles near it
     z_lo_mm: float  # patient z (LPS) of h = 0
     body: Body
     aorta: Aorta
     kidneys: tuple[Kidney, ...]
     kidney_enhancement: float  # 0..1 inside the contrast phase's kidney HU range (scanner._KIDNEY_HU)
     bowel: tuple[BowelLoop, ...]
+    # drawn after the fields above (None / defaults: the structure is absent, the fixed scanner._HU table is used)
+    tissues: Tissues | None = None
+    cava: Cava | None = None
+    renal_vein: RenalVein | None = None
+    scan_lo_mm: float = 0.0  # slices lie in h = scan_lo_mm..scan_hi_mm
+    scan_hi_mm: float | None = None  # None: length_mm
+    thin: bool = False  # little retroperitoneal fat: the IVC, renal vein, bowel and kidneys come close
+    kidney_gap_mm: float = 10.0  # least fat between a kidney and the aorta (or the IVC)
+    bowel_gap_mm: float = 15.0  # least fat between a bowel loop and any vessel (0: abutting)
+
+    @property
+    def scan_range(self) -> tuple[float, float]:
+        """(lowest, highest) h a slice may lie at."""
+        return self.scan_lo_mm, self.length_mm if self.scan_hi_mm is None else self.scan_hi_mm
 
 
 @dataclass(frozen=True)
@@ -226,16 +302,17 @@ def _draw_diameter(
     return AorticDiameter(bifurcation_h, top_h, d0, taper, max_h=hp, peak_mm=peak, sac_length_mm=length)
 
 
-def _draw_thrombus(rng: np.random.Generator, kind: str) -> Thrombus | None:
-    """Thrombus in 3 of 4 aneurysms (its parameters are drawn for every patient, to keep the draw order)."""
-    present = kind == "aneurysm" and rng.random() < 0.75
+def _draw_thrombus(rng: np.random.Generator, kind: str) -> tuple[bool, Thrombus]:
+    """Thrombus in 4 of 5 aneurysms, filling 0-90% of the sac, often a crescent (its parameters are drawn for
+    every patient, to keep the draw order): (present, parameters)."""
+    present = kind == "aneurysm" and rng.random() < 0.8
     thrombus = Thrombus(
-        hu=rng.uniform(35, 50),
-        fill=rng.uniform(0.3, 0.7),
-        eccentricity=rng.uniform(0.3, 0.9),
+        hu=rng.uniform(25, 60),
+        fill=rng.uniform(0.0, 0.9),
+        eccentricity=rng.uniform(0.2, 1.0),
         direction=rng.uniform(0, 2 * np.pi),
     )
-    return thrombus if present else None
+    return present, thrombus
 
 
 def _draw_calcifications(
@@ -254,6 +331,27 @@ def _draw_calcifications(
             hu=rng.uniform(400, 1200),
         )
         for _ in range(rng.integers(2, 7))
+    )
+
+
+def _draw_more_calcifications(
+    rng: np.random.Generator, bifurcation_h: float, top_h: float, calcified: bool
+) -> tuple[Calcification, ...]:
+    """More plaques, from none to many: up to 14 more where :func:`_draw_calcifications` gave some (few are
+    usual), 1-3 in 15% of the others; arcs of 10-140 degrees, one in ten a whole ring."""
+    many, few = rng.random(), rng.random()
+    n = int(15 * many**2) if calcified else (int(rng.integers(1, 4)) if few < 0.15 else 0)
+    return tuple(
+        Calcification(
+            h=rng.uniform(bifurcation_h, top_h),
+            half_length=rng.uniform(2.0, 15.0),
+            angle=rng.uniform(0, 2 * np.pi),
+            segments=1,
+            radius=rng.uniform(0.4, 1.5),
+            hu=rng.uniform(300, 1200),
+            span=2 * np.pi if rng.random() < 0.1 else rng.uniform(0.17, 2.4),
+        )
+        for _ in range(n)
     )
 
 
@@ -285,6 +383,48 @@ def _draw_bowel_loop(rng: np.random.Generator, body: Body) -> BowelLoop:
     )
 
 
+def _draw_scan_range(rng: np.random.Generator, top_h: float, bifurcation_h: float) -> tuple[float, float]:
+    """The scanned h range: 200-320 mm long (at least enough for the margins), its head end 20 mm below to 60 mm
+    above ``top_h`` (above the renal veins by varying amounts), its caudal end 15-110 mm below the bifurcation."""
+    core = top_h - bifurcation_h
+    length = max(rng.uniform(200, 320), core - 20 + 15)
+    lo, hi = max(-20.0, length - core - 110), min(60.0, length - core - 15)
+    above = lo + rng.random() * (hi - lo)
+    return top_h + above - length, top_h + above
+
+
+def _draw_tissues(rng: np.random.Generator) -> Tissues:
+    """Per-patient tissue HU."""
+    subcutaneous = rng.uniform(-130, -70)
+    return Tissues(
+        subcutaneous_fat=subcutaneous,
+        visceral_fat=float(np.clip(subcutaneous + rng.uniform(-10, 35), -130, -60)),
+        muscle=rng.uniform(30, 70),
+        vessel_wall=rng.uniform(30, 70),
+        bowel_wall=rng.uniform(25, 80),
+        cortical_bone=rng.uniform(600, 1000),
+        vertebral_arch=rng.uniform(300, 600),
+        spinal_canal=rng.uniform(0, 30),
+        marrow_shift=rng.uniform(-40, 30),
+        kidney_shift=rng.uniform(-20, 20),
+    )
+
+
+def _draw_cava(rng: np.random.Generator, bifurcation_h: float, thin: bool) -> Cava:
+    """The IVC: 0-2 mm from the aorta in thin patients (often touching), 0.5-16 mm in the others."""
+    return Cava(
+        gap_mm=rng.uniform(0, 1) if thin else rng.uniform(0.5, 6),
+        drift_mm=rng.uniform(0, 1) if thin else rng.uniform(0, 10),
+        wander_x=_draw_wander(rng, rng.uniform(0.5, 2 if thin else 4)),
+        semi_x=rng.uniform(9, 14),
+        semi_y=rng.uniform(6, 10),
+        y_shift=rng.uniform(0, 6),
+        confluence_h=bifurcation_h - rng.uniform(0, 25),
+        iliac_radius=rng.uniform(5, 7),
+        enhancement=rng.random(),
+    )
+
+
 def draw_patient(rng: np.random.Generator, kind: str, sex: str) -> Patient:
     """Draw one patient of ``kind`` ("normal" | "ectatic" | "aneurysm") and ``sex`` ("M" | "F") from ``rng``.
     Uses no scanner setting; the order of the draws is fixed (same seed, same patient)."""
@@ -300,13 +440,31 @@ def draw_patient(rng: np.random.Generator, kind: str, sex: str) -> Patient:
     x0 = rng.uniform(10, 20)
     wander_x = _draw_wander(rng, rng.uniform(1.5, 4))
     wall, lumen = rng.uniform(1.5, 2.5), rng.random()
-    thrombus = _draw_thrombus(rng, kind)
+    has_thrombus, thrombus = _draw_thrombus(rng, kind)
     calcifications = _draw_calcifications(rng, age, h_bif, length)
     iliac_radius, iliac_spread = rng.uniform(4.5, 6.5), rng.uniform(0.35, 0.6)
     kidney_enhancement = rng.random()
     kidneys = tuple(_draw_kidney(rng, side, length, body) for side in (1, -1))
     bowel = tuple(_draw_bowel_loop(rng, body) for _ in range(rng.integers(6, 11)))
     bend_x, bend_y = _draw_wander(rng, 25.0, (150, 300)), _draw_wander(rng, 40.0, (150, 300))
+    # every draw below was added after the ones above (which keep their values for a seed)
+    scan_lo, scan_hi = _draw_scan_range(rng, length, h_bif)
+    if diameter.peak_mm is None:  # a normal aorta is widest on the head-most slice
+        diameter = replace(diameter, max_h=float(np.floor(scan_hi * 2) / 2))
+    tissues = _draw_tissues(rng)
+    thin = bool(rng.random() < 0.15)
+    cava = _draw_cava(rng, h_bif, thin)
+    renal_vein = RenalVein(
+        h=kidneys[0].h_centre + rng.uniform(-8, 8),
+        radius=rng.uniform(3.5, 5.5),
+        gap_mm=rng.uniform(0, 1) if thin else rng.uniform(0.5, 4),
+    )
+    abutting, kidney_gap = rng.random() < 0.25, rng.uniform(2, 5)  # bowel abutting the aorta; a thin one's kidneys
+    bowel_gap = rng.uniform(0, 2) if thin or abutting else rng.uniform(6, 15)
+    thin_layer, thin_fill = rng.random() < 0.3, rng.uniform(0.08, 0.3)
+    if not has_thrombus:
+        thrombus = replace(thrombus, fill=thin_fill) if kind == "ectatic" and thin_layer else None
+    calcifications += _draw_more_calcifications(rng, h_bif, length, bool(calcifications))
     aorta = Aorta(
         diameter=diameter,
         x_mm=x0,
@@ -328,5 +486,13 @@ def draw_patient(rng: np.random.Generator, kind: str, sex: str) -> Patient:
         kidneys=kidneys,
         kidney_enhancement=kidney_enhancement,
         bowel=bowel,
+        tissues=tissues,
+        cava=cava,
+        renal_vein=renal_vein,
+        scan_lo_mm=scan_lo,
+        scan_hi_mm=scan_hi,
+        thin=thin,
+        kidney_gap_mm=kidney_gap if thin else 10.0,
+        bowel_gap_mm=bowel_gap,
     )
     return Patient(kind=kind, sex=sex, age=age, anatomy=anatomy)

@@ -4,9 +4,15 @@
 
 Every structure has a signed distance ``d`` (mm, negative inside) and is composited with partial-volume coverage
 ``clip(0.5 - d / pixel_spacing, 0, 1)`` (painter's algorithm), so the aortic outer-wall diameter is encoded below
-voxel size. HU values follow published CT attenuation of each tissue (the ``_HU``, ``_LUMEN_HU`` and ``_KIDNEY_HU``
-tables below: fat -100/-90, muscle and aortic wall 45-50, cortical bone 800, thrombus 35-50, calcification
-400-1200, lumen 200-400 arterial, 130-200 portal, ~40 without contrast).
+voxel size. HU values follow published CT attenuation of each tissue, drawn per patient
+(:class:`~fedaaa.simulations.anatomy.Tissues`: fat -130..-60, muscle and aortic wall 30-70, cortical bone
+600-1000, thrombus 25-60, calcification 300-1200; the fixed ``_HU`` table below is used for an anatomy without
+them) and by contrast phase (``_LUMEN_HU``: lumen 200-400 arterial, 130-200 portal, ~40 without contrast;
+``_VEIN_HU``: IVC and renal vein 60-120 arterial, 120-180 portal; ``_KIDNEY_HU``).
+
+Painting order on each slice: body and spine, IVC (or the iliac veins) and left renal vein, kidneys, bowel, aorta
+(or iliac arteries: wall, thrombus, lumen) and its calcifications. The neighbours may touch the aorta (the scanner
+keeps only each anatomy's least gaps) but never overlap it.
 
 Slices are point samples along z (SliceThickness is a header value); the slice grid is anchored on the aortic
 maximum (on the head-most slice for normals), so that maximum is a slice centre under every spacing. The profile's
@@ -15,12 +21,13 @@ simulations.synth_dicom.write_study.
 
 The aorta label (``SyntheticStudy.aorta_mask``) comes from the same geometry: a voxel is aorta where the outer
 wall's partial-volume coverage is >= 0.5 (signed distance <= 0), lumen, thrombus, calcification and wall alike;
-the iliacs below the bifurcation are not aorta. :meth:`SyntheticStudy.ras_affine` and
+the iliacs below the bifurcation, the veins, bowel and kidneys are not aorta. :meth:`SyntheticStudy.ras_affine` and
 :meth:`SyntheticStudy.ras_mask` give it on the RAS voxel grid that fedaaa.common.io.read_study returns.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,8 +44,9 @@ EXTRAS = ("localizer", "thick", "secondary", "dose", "stray")
 LAYOUTS = ("flat", "nested", "noext")
 CONTRAST_PHASES = ("arterial", "portal")
 _LUMEN_HU = {"arterial": (200, 400), "portal": (130, 200), "none": (35, 45)}
+_VEIN_HU = {"arterial": (60, 120), "portal": (120, 180), "none": (35, 45)}  # IVC, iliac and renal veins
 _KIDNEY_HU = {"arterial": (140, 180), "portal": (100, 140), "none": (28, 35)}
-_HU = {  # fixed tissue HU (ints stay ints: they composite into float32 slices)
+_HU = {  # tissue HU of an anatomy without Tissues (ints stay ints: they composite into float32 slices)
     "air": -1000.0,
     "subcutaneous_fat": -100,
     "visceral_fat": -90,
@@ -219,22 +227,76 @@ def _stretch(dx: float, dy: float, phi: float, sec: float) -> tuple[float, float
     return u * c - v * s, u * s + v * c
 
 
+def _arc(cx: float, cy: float, rc: float, t: float, start: float, span: float, phi: float, sec: float) -> _Shape:
+    """A round-capped arc of half-thickness t along the circle of radius rc, from angle ``start`` over ``span`` rad
+    (a ring when span >= 2 pi), drawn in the perpendicular section of a vessel tilted toward phi (sec = 1 / cos(tilt))
+    and stretched by sec along phi in the axial plane (distances measured in the section)."""
+    c, s, half = np.cos(phi), np.sin(phi), min(span / 2, np.pi)
+    mid = start + half
+    ends = ((rc * np.cos(mid + half), rc * np.sin(mid + half)), (rc * np.cos(mid - half), rc * np.sin(mid - half)))
+
+    def sdf(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        dx, dy = X - cx, Y - cy
+        if sec != 1.0:  # back into the section: shrink the component along phi
+            u, v = (dx * c + dy * s) / sec, dy * c - dx * s
+            dx, dy = u * c - v * s, u * s + v * c
+        d = np.abs(np.hypot(dx, dy) - rc)
+        if half < np.pi:  # outside the sector: distance to the nearer end
+            delta = (np.arctan2(dy, dx) - mid + np.pi) % (2 * np.pi) - np.pi
+            (ax, ay), (bx, by) = ends
+            cap = np.where(delta > 0, np.hypot(dx - ax, dy - ay), np.hypot(dx - bx, dy - by))
+            d = np.where(np.abs(delta) <= half, d, cap)
+        return d - t
+
+    if half >= np.pi / 2:
+        ex, ey = (rc + t) * np.hypot(sec * c, s), (rc + t) * np.hypot(sec * s, c)
+        return _Shape(cx - ex, cx + ex, cy - ey, cy + ey, sdf)
+    a = np.linspace(start, start + span, 9)  # tight box of a short arc: its points, the sag between, the thickness
+    px, py = _stretch(rc * np.cos(a), rc * np.sin(a), phi, sec)
+    pad = (t + rc * (1 - np.cos(span / 16))) * sec
+    return _Shape(cx + px.min() - pad, cx + px.max() + pad, cy + py.min() - pad, cy + py.max() + pad, sdf)
+
+
+def _polyline(points: np.ndarray, t: float) -> _Shape:
+    """A band of half-width t around the polyline through ``points`` (n x 2; round ends and joints)."""
+    p = np.asarray(points, float)
+
+    def sdf(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        d = None
+        for (ax, ay), (bx, by) in zip(p[:-1], p[1:]):
+            vx, vy = bx - ax, by - ay
+            w = max(vx * vx + vy * vy, 1e-12)
+            q = np.clip(((X - ax) * vx + (Y - ay) * vy) / w, 0.0, 1.0)
+            dd = np.hypot(X - ax - q * vx, Y - ay - q * vy)
+            d = dd if d is None else np.minimum(d, dd)
+        return d - t
+
+    (x0, y0), (x1, y1) = p.min(0), p.max(0)
+    return _Shape(x0 - t, x1 + t, y0 - t, y1 + t, sdf)
+
+
 class _Grid:
     """The scanner's square pixel grid, centred on x = y = 0."""
 
     def __init__(self, matrix: int, fov: float) -> None:
         self.ps = fov / matrix
-        self.c = -fov / 2 + self.ps / 2 + np.arange(matrix) * self.ps  # pixel centres, same for x and y
+        self.n = matrix
+        self.c0 = -fov / 2 + self.ps / 2
+        self.c = self.c0 + np.arange(matrix) * self.ps  # pixel centres, same for x and y
+
+    def _first(self, v: float) -> int:
+        """Index of the first pixel centre >= v (as np.searchsorted, up to rounding), within 0..matrix."""
+        return min(max(math.ceil((v - self.c0) / self.ps), 0), self.n)
 
     def coverage(self, shape: _Shape) -> tuple[tuple[slice, slice], np.ndarray] | None:
         """Partial-volume coverage of ``shape`` inside its bounding box (plus one pixel): (rows, cols), cov."""
         ps, c = self.ps, self.c
-        i0, i1 = np.searchsorted(c, [shape.x0 - ps, shape.x1 + ps])
-        j0, j1 = np.searchsorted(c, [shape.y0 - ps, shape.y1 + ps])
+        i0, i1 = self._first(shape.x0 - ps), self._first(shape.x1 + ps)
+        j0, j1 = self._first(shape.y0 - ps), self._first(shape.y1 + ps)
         if i0 < i1 and j0 < j1:
-            return (slice(j0, j1), slice(i0, i1)), np.clip(
-                0.5 - shape.sdf(c[None, i0:i1], c[j0:j1, None]) / ps, 0.0, 1.0
-            )
+            cov = shape.sdf(c[None, i0:i1], c[j0:j1, None]) * (-1 / ps)
+            cov += 0.5
+            return (slice(j0, j1), slice(i0, i1)), np.clip(cov, 0.0, 1.0, out=cov)
         return None
 
     def paint(self, img: np.ndarray, shape: _Shape, hu: float, label: np.ndarray | None = None) -> None:
@@ -256,6 +318,7 @@ class _AorticSlices:
     aortic: np.ndarray  # bool: slice above the bifurcation (else it cuts the two iliacs)
     diameter: np.ndarray  # outer diameter perpendicular to the centreline, 0 below the bifurcation
     baseline: np.ndarray  # diameter without the bulge
+    bulge: np.ndarray  # 0..1: the bulge's share of its value at the maximum (0 outside the sac, normals)
     x: np.ndarray  # centre
     y: np.ndarray
     dx_dh: np.ndarray  # centreline tangent (dx/dh, dy/dh, 1)
@@ -263,7 +326,8 @@ class _AorticSlices:
     slope: np.ndarray  # tan(tilt to the z axis), 0 below the bifurcation
     phi: np.ndarray  # in-plane direction of the tilt
     sec: np.ndarray  # 1 / cos(tilt)
-    half_width_x: np.ndarray  # half extent along x of the oblique cut
+    half_width_x: np.ndarray  # half extents along x and y of the oblique cut
+    half_width_y: np.ndarray
     iliac_offset: np.ndarray  # x offset of each iliac from the centreline
 
 
@@ -277,36 +341,86 @@ class _VesselCut:
     phi: float
     sec: float
 
+    @property
+    def half_x(self) -> float:
+        """Half extent of the cut along x."""
+        return float(self.radius * np.hypot(self.sec * np.cos(self.phi), np.sin(self.phi)))
 
-def _body_structures(body: Body) -> list[tuple[_Shape, float]]:
+
+@dataclass(frozen=True)
+class _VeinCut:
+    """Axial cut of the IVC or an iliac vein: an ellipse of semi-axes a (along x) and b."""
+
+    x: float
+    y: float
+    a: float
+    b: float
+
+
+@dataclass(frozen=True)
+class _KidneyCut:
+    """Axial cut of a kidney: an ellipse of semi-axes a (along angle theta) and b."""
+
+    side: int
+    x: float
+    y: float
+    a: float
+    b: float
+    theta: float
+
+
+def _tissue_hu(anatomy: Anatomy) -> dict[str, float]:
+    """The patient's HU of every fixed tissue (``_HU`` names, plus "marrow" and "kidney_shift")."""
+    t = anatomy.tissues
+    if t is None:
+        return {**_HU, "marrow": anatomy.body.marrow_hu, "kidney_shift": 0.0}
+    names = ("subcutaneous_fat", "visceral_fat", "muscle", "vessel_wall", "bowel_wall", "cortical_bone")
+    return {
+        "air": _HU["air"],
+        **{name: getattr(t, name) for name in (*names, "vertebral_arch", "spinal_canal")},
+        "marrow": anatomy.body.marrow_hu + t.marrow_shift,
+        "kidney_shift": t.kidney_shift,
+    }
+
+
+def _body_structures(body: Body, hu: dict[str, float]) -> list[tuple[_Shape, float]]:
     """The trunk's (shape, HU) in painting order."""
     a, b, fat, vr, vc = body.half_width, body.half_depth, body.fat_mm, body.vertebra_radius, body.vertebra_y
     return [
-        (_ellipse(0, 0, a, b), _HU["subcutaneous_fat"]),
-        (_ellipse(0, 0, a - fat, b - fat), _HU["muscle"]),
-        (_ellipse(0, 0, body.inner_half_width, body.inner_half_depth), _HU["visceral_fat"]),
-        *((_ellipse(s * (vr + 14), vc + 4, 13, 19), _HU["muscle"]) for s in (-1, 1)),  # psoas
-        *((_ellipse(s * 28, vc + vr + 8, 18, 12), _HU["muscle"]) for s in (-1, 1)),  # erectors
-        (_circle(0, vc, vr), _HU["cortical_bone"]),
-        (_circle(0, vc, vr - body.cortex_mm), body.marrow_hu),
-        (_ellipse(0, vc + vr + 10, 20, 9), _HU["vertebral_arch"]),
-        (_circle(0, vc + vr + 7, 6), _HU["spinal_canal"]),
+        (_ellipse(0, 0, a, b), hu["subcutaneous_fat"]),
+        (_ellipse(0, 0, a - fat, b - fat), hu["muscle"]),
+        (_ellipse(0, 0, body.inner_half_width, body.inner_half_depth), hu["visceral_fat"]),
+        *((_ellipse(s * (vr + 14), vc + 4, 13, 19), hu["muscle"]) for s in (-1, 1)),  # psoas
+        *((_ellipse(s * 28, vc + vr + 8, 18, 12), hu["muscle"]) for s in (-1, 1)),  # erectors
+        (_circle(0, vc, vr), hu["cortical_bone"]),
+        (_circle(0, vc, vr - body.cortex_mm), hu["marrow"]),
+        (_ellipse(0, vc + vr + 10, 20, 9), hu["vertebral_arch"]),
+        (_circle(0, vc + vr + 7, 6), hu["spinal_canal"]),
     ]
 
 
-def _slice_heights(anchor: float, cover: float, spacing: float) -> np.ndarray:
-    """Slice centre heights in [0, cover] on the grid anchor + m * spacing, head-most first."""
-    m = np.arange(np.floor((cover - anchor) / spacing + 1e-9), np.ceil(-anchor / spacing - 1e-9) - 1, -1)
+def _slice_heights(anchor: float, lo: float, hi: float, spacing: float) -> np.ndarray:
+    """Slice centre heights in [lo, hi] on the grid anchor + m * spacing, head-most first."""
+    m = np.arange(np.floor((hi - anchor) / spacing + 1e-9), np.ceil((lo - anchor) / spacing - 1e-9) - 1, -1)
     return anchor + m * spacing
+
+
+_ILIAC_RUN_MM = 60.0  # the iliacs diverge over this height below the bifurcation, then run straight down
 
 
 def _sample_aorta(anatomy: Anatomy, h: np.ndarray, tortuosity: float) -> _AorticSlices:
     """The centreline, its tilt and the diameters at heights ``h``, bends scaled by ``tortuosity``."""
     aorta, tau = anatomy.aorta, tortuosity
-    h_bif = aorta.diameter.bifurcation_h
+    dia = aorta.diameter
+    h_bif = dia.bifurcation_h
     aortic = h >= h_bif
-    D = np.where(aortic, aorta.diameter.outer(h), 0.0)
+    D = np.where(aortic, dia.outer(h), 0.0)
     R = D / 2
+    baseline = dia.baseline(h)
+    if dia.peak_mm is None:
+        bulge = np.zeros(len(h))
+    else:
+        bulge = np.where(aortic, np.clip((D - baseline) / max(dia.peak_mm - dia.baseline(dia.max_h), 1e-6), 0, 1), 0)
     # tortuous centreline: x wanders both ways, y only anteriorly (the aorta lies on the spine)
     hb = np.maximum(h, h_bif)
     tx, ty = tau * aorta.bend_x(hb), -tau * (aorta.bend_y(hb) + 40.0) / 2
@@ -316,12 +430,13 @@ def _sample_aorta(anatomy: Anatomy, h: np.ndarray, tortuosity: float) -> _Aortic
     ex = R * np.sqrt((sec * np.cos(phi)) ** 2 + np.sin(phi) ** 2)  # half extents of the oblique cut
     ey = R * np.sqrt((sec * np.sin(phi)) ** 2 + np.cos(phi) ** 2)
     r_il = aorta.iliac_radius
-    iliac_offset_at_bif = max(r_il * 1.05, float(aorta.diameter.outer(h_bif)) / 2 - r_il)
-    il_dx = iliac_offset_at_bif + aorta.iliac_spread * np.clip(h_bif - h, 0, None)
+    iliac_offset_at_bif = max(r_il * 1.05, float(dia.outer(h_bif)) / 2 - r_il)
+    il_dx = iliac_offset_at_bif + aorta.iliac_spread * np.clip(h_bif - h, 0, _ILIAC_RUN_MM)
     return _AorticSlices(
         aortic=aortic,
         diameter=D,
-        baseline=aorta.diameter.baseline(h),
+        baseline=baseline,
+        bulge=bulge,
         x=aorta.x_mm + aorta.wander_x(h) + tx,
         y=anatomy.body.spine_front_y - 3 - ey + ty,
         dx_dh=dtx,
@@ -330,35 +445,85 @@ def _sample_aorta(anatomy: Anatomy, h: np.ndarray, tortuosity: float) -> _Aortic
         phi=phi,
         sec=sec,
         half_width_x=ex,
+        half_width_y=ey,
         iliac_offset=il_dx,
     )
 
 
 def _vessel_cuts(anatomy: Anatomy, aorta: _AorticSlices, k: int) -> list[_VesselCut]:
-    """The aorta's cut on slice k, or the two iliacs' below the bifurcation."""
+    """The aorta's cut on slice k, or the two iliacs' below the bifurcation (left one first)."""
     if aorta.aortic[k]:
         return [_VesselCut(aorta.x[k], aorta.y[k], aorta.diameter[k] / 2, aorta.phi[k], aorta.sec[k])]
     r_il, y = anatomy.aorta.iliac_radius, anatomy.body.spine_front_y - 3
     return [_VesselCut(aorta.x[k] + s * aorta.iliac_offset[k], y - r_il, r_il, 0.0, 1.0) for s in (1, -1)]
 
 
-def _paint_kidneys(
-    img: np.ndarray, grid: _Grid, anatomy: Anatomy, aorta: _AorticSlices, h: float, k: int, hu: float
-) -> None:
-    """Kidney cuts on slice k (height h), kept at least 10 mm lateral to the aorta."""
+def _vein_cuts(anatomy: Anatomy, vessels: list[_VesselCut], h: float) -> list[_VeinCut]:
+    """The IVC on a slice at height h, right of the arteries and at least its gap away from them; or, below its
+    confluence, the two common iliac veins beside the iliac arteries (right one lateral, left one medial)."""
+    cava = anatomy.cava
+    if cava is None:
+        return []
+    spine = anatomy.body.spine_front_y
+    edge = min(v.x - v.half_x for v in vessels)  # right edge of the arteries
+    if h >= cava.confluence_h:
+        a, b = cava.semi_x, cava.semi_y
+        gap = cava.gap_mm + max(0.0, cava.drift_mm + float(cava.wander_x(h)))
+        return [_VeinCut(edge - gap - a, spine - 3 - cava.y_shift - b, a, b)]
+    r = cava.iliac_radius  # below the confluence (so below the bifurcation): two iliac arteries
+    return [_VeinCut(v.x - v.radius - cava.gap_mm - r, spine - 3 - r, r, r) for v in vessels]
+
+
+def _kidney_cuts(anatomy: Anatomy, aorta: _AorticSlices, veins: list[_VeinCut], h: float, k: int) -> list[_KidneyCut]:
+    """Kidney cuts on slice k (height h), kept at least the anatomy's kidney gap lateral to the aorta and veins."""
+    cuts, gap = [], anatomy.kidney_gap_mm
     for kid in anatomy.kidneys:
         q = 1 - ((h - kid.h_centre) / kid.half_length) ** 2
         if q > 0:
             sa, sb, th = kid.semi_major * np.sqrt(q), kid.semi_minor * np.sqrt(q), kid.rotation
             kex = np.hypot(sa * np.cos(th), sb * np.sin(th))
             s = kid.side
-            kx = s * max(abs(kid.x_mm), s * aorta.x[k] + aorta.half_width_x[k] + 10 + kex)
-            grid.paint(img, _ellipse(kx, kid.y_mm, sa, sb, th), hu)
+            reach = s * aorta.x[k] + aorta.half_width_x[k] + gap + kex
+            reach = max([reach, *(s * v.x + v.a + gap + kex for v in veins if s * v.x < s * kid.x_mm)])
+            cuts.append(_KidneyCut(s, s * max(abs(kid.x_mm), reach), kid.y_mm, sa, sb, th))
+    return cuts
 
 
-def _paint_bowel(img: np.ndarray, grid: _Grid, anatomy: Anatomy, vessels: list[_VesselCut], h: float) -> None:
-    """Loops inside the visceral cavity, in front of the spine and at least 15 mm from every vessel."""
-    body = anatomy.body
+def _paint_renal_vein(
+    img: np.ndarray,
+    grid: _Grid,
+    anatomy: Anatomy,
+    aorta: _AorticSlices,
+    veins: list[_VeinCut],
+    kidneys: list[_KidneyCut],
+    h: float,
+    k: int,
+    hu: float,
+) -> None:
+    """The left renal vein where it crosses slice k: left kidney -> anterior to the aorta (its gap away) -> IVC."""
+    rv = anatomy.renal_vein
+    left = [c for c in kidneys if c.side > 0]
+    if rv is None or abs(h - rv.h) >= rv.radius or len(veins) != 1 or not left or not aorta.aortic[k]:
+        return
+    t = np.sqrt(rv.radius**2 - (h - rv.h) ** 2)  # a horizontal tube cut by the slice plane
+    p0, p2 = np.array([left[0].x, left[0].y]), np.array([veins[0].x, veins[0].y])
+    mid = np.array([aorta.x[k], aorta.y[k] - aorta.half_width_y[k] - rv.gap_mm - rv.radius])  # in front of it
+    q = np.linspace(0, 1, 13)[:, None]  # a quadratic Bezier from the kidney through ``mid`` to the IVC
+    curve = (1 - q) ** 2 * p0 + 2 * q * (1 - q) * (2 * mid - (p0 + p2) / 2) + q**2 * p2
+    grid.paint(img, _polyline(curve, t), hu)
+
+
+def _paint_bowel(
+    img: np.ndarray,
+    grid: _Grid,
+    anatomy: Anatomy,
+    obstacles: list[tuple[float, float, float]],
+    h: float,
+    wall_hu: float,
+) -> None:
+    """Loops inside the visceral cavity, in front of the spine and at least the anatomy's bowel gap from every
+    vessel (``obstacles``: x, y and the radius of a circle around each)."""
+    body, gap = anatomy.body, anatomy.bowel_gap_mm
     a_in, b_in = body.inner_half_width, body.inner_half_depth
     for loop in anatomy.bowel:
         lam, ph = loop.wavelengths, loop.phases
@@ -366,8 +531,8 @@ def _paint_bowel(img: np.ndarray, grid: _Grid, anatomy: Anatomy, vessels: list[_
         by = loop.y_mm + loop.sway_mm * np.cos(2 * np.pi * h / lam[1] + ph[1])
         r = loop.radius * (0.6 + 0.4 * np.sin(2 * np.pi * h / lam[0] + ph[2]) ** 2)
         inside = (bx / (a_in - r - 3)) ** 2 + (by / (b_in - r - 3)) ** 2 < 1 and by + r < body.spine_front_y - 5
-        if inside and all(np.hypot(bx - v.x, by - v.y) - v.radius * v.sec - r > 15 for v in vessels):
-            grid.paint(img, _circle(bx, by, r), _HU["bowel_wall"])
+        if inside and all(np.hypot(bx - x, by - y) - rad - r > gap for x, y, rad in obstacles):
+            grid.paint(img, _circle(bx, by, r), wall_hu)
             grid.paint(img, _circle(bx, by, r - 2), loop.content_hu)
 
 
@@ -376,37 +541,36 @@ def _paint_vessel(
     grid: _Grid,
     v: _VesselCut,
     aorta: Aorta,
-    baseline: float | None,
+    bulge: float | None,
     lumen_hu: float,
+    wall_hu: float,
     label: np.ndarray | None = None,
 ) -> None:
-    """Wall, thrombus (where ``baseline``, the aortic diameter without the bulge, is given) and lumen; the
-    outer wall's coverage >= 0.5 is marked in ``label`` where given."""
-    grid.paint(img, _tube(v.x, v.y, v.radius, v.phi, v.sec), _HU["vessel_wall"], label)
+    """Wall, thrombus (where ``bulge``, the sac's share of its maximum bulge, is given) and lumen; the outer wall's
+    coverage >= 0.5 is marked in ``label`` where given."""
+    grid.paint(img, _tube(v.x, v.y, v.radius, v.phi, v.sec), wall_hu, label)
     ri, t = v.radius - aorta.wall_mm, aorta.thrombus  # inner wall radius
     rl = ri  # lumen radius
-    if t is not None and baseline is not None:
-        rl = min(ri, baseline / 2 - aorta.wall_mm + t.fill * (ri - baseline / 2 + aorta.wall_mm))
-    if rl < ri:  # thrombus fills the sac; the residual lumen is pushed off-centre
+    if t is not None and bulge:  # thrombus fills t.fill of the area inside the wall at the maximum, less around
+        rl = max(ri * np.sqrt(1 - t.fill * bulge), min(ri, 4.0))
+    if rl < ri - 0.05:  # the residual lumen is pushed off-centre: toward a crescent of thrombus
         grid.paint(img, _tube(v.x, v.y, ri, v.phi, v.sec), t.hu)
         shift = t.eccentricity * (ri - rl)
         dx, dy = _stretch(shift * np.cos(t.direction), shift * np.sin(t.direction), v.phi, v.sec)
         grid.paint(img, _tube(v.x + dx, v.y + dy, rl, v.phi, v.sec), lumen_hu)
     else:
-        grid.paint(img, _tube(v.x, v.y, rl, v.phi, v.sec), lumen_hu)
+        grid.paint(img, _tube(v.x, v.y, ri, v.phi, v.sec), lumen_hu)
 
 
 def _paint_calcifications(
     img: np.ndarray, grid: _Grid, anatomy: Anatomy, aorta: _AorticSlices, h: float, k: int
 ) -> None:
-    """Wall calcifications crossing slice k (height h)."""
+    """Wall calcifications crossing slice k (height h): arcs just inside the outer wall."""
     x, y, phi, sec = aorta.x[k], aorta.y[k], aorta.phi[k], aorta.sec[k]
     for c in anatomy.aorta.calcifications:
         if abs(h - c.h) <= c.half_length:
             rr = aorta.diameter[k] / 2 - c.radius - 0.3  # inside the outer wall
-            for a_j in c.angle + 0.15 * np.arange(c.segments):
-                dx, dy = _stretch(rr * np.cos(a_j), rr * np.sin(a_j), phi, sec)
-                grid.paint(img, _tube(x + dx, y + dy, c.radius, phi, sec), c.hu)
+            grid.paint(img, _arc(x, y, rr, c.radius, c.angle, c.arc, phi, sec), c.hu)
 
 
 def _in_range(hu_range: tuple[int, int], u: float) -> float:
@@ -419,13 +583,15 @@ def scan_patient(patient: Patient, profile: ScannerProfile) -> SyntheticStudy:
     """Sample ``patient`` on ``profile``'s slice and pixel grid, in its contrast phase: noise-free HU slices
     and the per-slice aortic truth. Makes no random draws (:func:`add_noise` does)."""
     anatomy, grid = patient.anatomy, _Grid(profile.matrix, profile.fov_mm)
+    tissue = _tissue_hu(anatomy)
     lumen_hu = _in_range(_LUMEN_HU[profile.phase], anatomy.aorta.enhancement)
-    kidney_hu = _in_range(_KIDNEY_HU[profile.phase], anatomy.kidney_enhancement)
-    h = _slice_heights(anatomy.aorta.diameter.max_h, anatomy.length_mm, profile.spacing_mm)
+    kidney_hu = _in_range(_KIDNEY_HU[profile.phase], anatomy.kidney_enhancement) + tissue["kidney_shift"]
+    vein_hu = _in_range(_VEIN_HU[profile.phase], anatomy.cava.enhancement) if anatomy.cava else 0.0
+    h = _slice_heights(anatomy.aorta.diameter.max_h, *anatomy.scan_range, profile.spacing_mm)
     aorta = _sample_aorta(anatomy, h, profile.tortuosity)
 
     body_img = np.full((profile.matrix,) * 2, _HU["air"], np.float32)
-    for shape, v in _body_structures(anatomy.body):
+    for shape, v in _body_structures(anatomy.body, tissue):
         grid.paint(body_img, shape, v)
     hu = np.empty((len(h), profile.matrix, profile.matrix), np.float32)
     mask = np.zeros(hu.shape, bool)
@@ -433,11 +599,19 @@ def scan_patient(patient: Patient, profile: ScannerProfile) -> SyntheticStudy:
         img = hu[k]
         img[:] = body_img
         vessels = _vessel_cuts(anatomy, aorta, k)
-        _paint_kidneys(img, grid, anatomy, aorta, h[k], k, kidney_hu)
-        _paint_bowel(img, grid, anatomy, vessels, h[k])
-        baseline = aorta.baseline[k] if aorta.aortic[k] else None
+        veins = _vein_cuts(anatomy, vessels, h[k])
+        kidneys = _kidney_cuts(anatomy, aorta, veins, h[k], k)
+        for v in veins:
+            grid.paint(img, _circle(v.x, v.y, v.a) if v.a == v.b else _ellipse(v.x, v.y, v.a, v.b), vein_hu)
+        _paint_renal_vein(img, grid, anatomy, aorta, veins, kidneys, h[k], k, vein_hu)
+        for c in kidneys:
+            grid.paint(img, _ellipse(c.x, c.y, c.a, c.b, c.theta), kidney_hu)
+        obstacles = [(v.x, v.y, v.radius * v.sec) for v in vessels] + [(v.x, v.y, max(v.a, v.b)) for v in veins]
+        _paint_bowel(img, grid, anatomy, obstacles, h[k], tissue["bowel_wall"])
+        bulge = aorta.bulge[k] if aorta.aortic[k] else None
         for v in vessels:  # the iliacs (below the bifurcation) are not labelled
-            _paint_vessel(img, grid, v, anatomy.aorta, baseline, lumen_hu, mask[k] if aorta.aortic[k] else None)
+            label = mask[k] if aorta.aortic[k] else None
+            _paint_vessel(img, grid, v, anatomy.aorta, bulge, lumen_hu, tissue["vessel_wall"], label)
         if aorta.aortic[k]:
             _paint_calcifications(img, grid, anatomy, aorta, h[k], k)
     return _study(patient, profile, grid, h, aorta, hu, mask)

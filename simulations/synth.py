@@ -47,9 +47,12 @@ from fedaaa.simulations.anatomy import (
     Body,
     BowelLoop,
     Calcification,
+    Cava,
     Kidney,
     Patient,
+    RenalVein,
     Thrombus,
+    Tissues,
     Wander,
     draw_patient,
 )
@@ -78,9 +81,12 @@ __all__ = [
     "Body",
     "BowelLoop",
     "Calcification",
+    "Cava",
     "Kidney",
     "Patient",
+    "RenalVein",
     "Thrombus",
+    "Tissues",
     "Wander",
     "draw_patient",
     # simulations.scanner
@@ -122,7 +128,7 @@ __all__ = [
     "write_variant",
 ]
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: randomised tissue HU, thrombus, calcification, scan range; IVC, renal vein (site reuse)
 # ``mask`` before the optional ``split,sex`` keeps rows ending in "<split>,<sex>" (tests/test_federation.py
 # counts training rows by that ending); readers go by column name.
 MANIFEST_COLUMNS = ("study_id", "path", "aaa", "max_diameter_mm", "mask", "split", "sex")

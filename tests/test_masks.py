@@ -17,12 +17,13 @@ from fedaaa.common.io import read_study
 from fedaaa.common.site import Site
 from fedaaa.simulations.synth import MANIFEST_COLUMNS, ScannerProfile, SiteSpec, write_site
 
-# The DICOM pixel data of these sites was digested with the code that wrote no masks (GENERATOR_VERSION 2):
-# writing the labels must not change one pixel nor one random draw.
+# The DICOM pixel data of these sites, digested when the labels were added: writing the labels must not change one
+# pixel nor one random draw. Digests of GENERATOR_VERSION 3, whose patients changed on purpose (randomised tissue
+# HU, thrombus and calcification, IVC, renal vein, scan range); version 2's were 86cc90f5... and fbd68417...
 PINNED = {
     "hospital-d": (
         SiteSpec("hospital-d", 4, 0.5, ScannerProfile(name="d", matrix=48, slice_thickness_mm=10.0, noise_hu=10.0), 7),
-        "86cc90f53d4ca49e893d41c606ba6f38add89f36373f007cdae4296e8a17bc7a",
+        "84c35639144ece808f6a7ffa3d936e2d962301105037f18f8b5913abd8def078",
     ),
     "hospital-e": (
         SiteSpec(
@@ -42,7 +43,7 @@ PINNED = {
             ),
             8,
         ),
-        "fbd6841774609b7ae5a227eac04b9d6e4cbc5dabac121876339d60e3117d2a5e",
+        "95c4362a7cc4ca95d761dd259f26e11589d085aaa579b4484af85bd2532ff16c",
     ),
 }
 # straight aorta, 2.25 mm pixels: fine enough to measure the label's diameter

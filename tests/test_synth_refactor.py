@@ -23,13 +23,18 @@ from fedaaa.simulations.synth import (
 
 PROFILE = ScannerProfile(matrix=48, slice_thickness_mm=5.0)
 
-# (seed, kind, sex, tortuosity) -> (age, max diameter, its z, slices, mean HU, next rng draw), as rendered by the
-# single-function generator this module replaced: the same seed must keep giving the same study.
+# (seed, kind, sex, tortuosity) -> (age, max diameter, its z, slices, mean HU, next rng draw): the same seed must
+# keep giving the same study. Age, diameters and their z are those of the single-function generator this module
+# replaced. GENERATOR_VERSION 3 (randomised tissue HU, thrombus and calcification, IVC, renal vein, scan range of
+# 200-320 mm) drew its new fields after every earlier draw, so those keep their values; what had to change: the
+# slice count (the scanned range is drawn anew), the mean HU (new structures and HU), the next draw (more draws
+# per patient) and, for the normal aorta only, its maximum, which lies on the head-most slice and so moved with
+# the top of the scan (18.6 mm at z 18.5 before).
 PINNED = [
-    ((0, "normal", "F", 0.0), (59, 18.6, 18.5, 52, -656.21, 827848689)),
-    ((1, "ectatic", "M", 0.0), (71, 26.4, -162.0, 44, -555.16, 1015793031)),
-    ((2, "aneurysm", "M", 0.5), (73, 47.5, -182.0, 49, -546.16, 548406580)),
-    ((3, "aneurysm", "F", 0.0), (86, 36.1, -199.0, 45, -614.72, 891642913)),
+    ((0, "normal", "F", 0.0), (59, 18.4, -0.5, 43, -652.16, 891418829)),
+    ((1, "ectatic", "M", 0.0), (71, 26.4, -162.0, 57, -557.94, 765232715)),
+    ((2, "aneurysm", "M", 0.5), (73, 47.5, -182.0, 51, -535.98, 2560485)),
+    ((3, "aneurysm", "F", 0.0), (86, 36.1, -199.0, 61, -611.46, 365918633)),
 ]
 
 
@@ -62,6 +67,37 @@ def test_render_study_pinned(case, expected):
     assert (s.age, s.max_diameter_mm, s.max_z_mm, len(s.z_mm)) == (age, max_d, max_z, n)
     assert float(s.hu.mean()) == pytest.approx(mean_hu, abs=0.05)
     assert int(rng.integers(1 << 30)) == next_draw  # same number of draws consumed
+
+
+# fields drawn before GENERATOR_VERSION 3 added its draws, as that generator drew them for (seed, kind, sex):
+# length, z_lo, bifurcation h, diameter there, x, right kidney h, bowel loops, last loop radius, a bend phase,
+# calcifications before the added ones, the first one's h, thrombus direction (None: no thrombus then)
+EARLIER = [
+    ((3, "aneurysm", "F"), (224.547, -281.0, 50.335, 15.631, 10.015, 173.46, 9, 18.574, 3.111, 3, 88.438, 1.873)),
+    ((1, "ectatic", "M"), (221.102, -244.5, 50.763, 19.007, 14.031, 160.504, 9, 14.004, 1.457, 0, None, None)),
+]
+
+
+@pytest.mark.parametrize(("case", "expected"), EARLIER)
+def test_earlier_draws_keep_their_values(case, expected):
+    a = draw_patient(np.random.default_rng(case[0]), case[1], case[2]).anatomy
+    d, calc, n_calc = a.aorta.diameter, a.aorta.calcifications, expected[9]
+    got = (
+        a.length_mm,
+        a.z_lo_mm,
+        d.bifurcation_h,
+        d.at_bifurcation_mm,
+        a.aorta.x_mm,
+        a.kidneys[1].h_centre,
+        len(a.bowel),
+        a.bowel[-1].radius,
+        a.aorta.bend_y.phases[1],
+    )
+    assert got == pytest.approx(expected[:9], abs=1e-3)
+    assert all(c.span is None for c in calc[:n_calc]) and all(c.span is not None for c in calc[n_calc:])
+    assert (calc[0].h if n_calc else None) == pytest.approx(expected[10], abs=1e-3)
+    if expected[11] is not None:  # the thrombus kept its direction (its HU, fill and crescent ranges are new)
+        assert a.aorta.thrombus.direction == pytest.approx(expected[11], abs=1e-3)
 
 
 @pytest.mark.parametrize("kind", ["normal", "ectatic", "aneurysm"])
