@@ -31,15 +31,18 @@ def summarise(rows: list[dict]) -> dict[str, float]:
     truth = np.array([r["aaa"] for r in rows], bool)
     pred = np.array([r["pred_aaa"] for r in rows], bool)
     err = np.array([r["pred_d"] - r["true_d"] for r in rows], float)
+    unmeasured = int((~np.isfinite(err)).sum())
+    err = err[np.isfinite(err)]
     pos, neg = truth.sum(), (~truth).sum()
     sd = float(err.std(ddof=1)) if len(err) > 1 else float("nan")
     return {
         "n": len(rows),
         "aaa": int(pos),
+        "unmeasured": unmeasured,
         "sens": float((pred & truth).sum() / pos) if pos else float("nan"),
         "spec": float((~pred & ~truth).sum() / neg) if neg else float("nan"),
-        "mae": float(np.abs(err).mean()),
-        "bias": float(err.mean()),
+        "mae": float(np.abs(err).mean()) if len(err) else float("nan"),
+        "bias": float(err.mean()) if len(err) else float("nan"),
         "loa": (float(err.mean() - 1.96 * sd), float(err.mean() + 1.96 * sd)),
     }
 
@@ -50,8 +53,9 @@ def fmt(x: float, nd: int = 2) -> str:
 
 def table(groups: list[tuple[str, list[dict]]]) -> str:
     lines = [
-        "| set | n | AAA | sensitivity | specificity | diameter MAE, mm | bias, mm | 95% limits of agreement, mm |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| set | n | AAA | not measurable | sensitivity | specificity | diameter MAE, mm | bias, mm "
+        "| 95% limits of agreement, mm |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, rows in groups:
         if not rows:
@@ -59,17 +63,45 @@ def table(groups: list[tuple[str, list[dict]]]) -> str:
         s = summarise(rows)
         loa = f"{fmt(s['loa'][0], 1)} .. {fmt(s['loa'][1], 1)}"
         lines.append(
-            f"| {name} | {s['n']} | {s['aaa']} | {fmt(s['sens'])} | {fmt(s['spec'])} | {fmt(s['mae'], 1)} "
+            f"| {name} | {s['n']} | {s['aaa']} | {s['unmeasured']} | {fmt(s['sens'])} | {fmt(s['spec'])} "
+            f"| {fmt(s['mae'], 1)} "
             f"| {fmt(s['bias'], 1)} | {loa} |"
         )
     return "\n".join(lines)
 
 
 def answer(mf, path: Path) -> tuple[bool, float, float]:
+    """(called AAA, probability, diameter); an aorta not measurable is not called AAA and has no diameter."""
     out = predict_study(mf, path)
     if "error" in out:
         raise RuntimeError(out["error"])
+    if not out["measurable"]:
+        print(f"{path.name}: not measurable: {out['reason']}", file=sys.stderr)
+        return False, 0.0, float("nan")
     return bool(out["aaa_present"]), float(out["aaa_probability"]), float(out["max_diameter_mm"])
+
+
+def real_ct_dice(mf) -> dict[str, float]:
+    """Dice of the network's aorta (probability >= 0.5, mapped back onto the scan's 3 mm grid) against the
+    reference label 52 on the labelled slices of the real CT, and the reference's own extent there."""
+    from scipy import ndimage
+
+    from fedaaa.common.preprocess import load_study_input
+    from fedaaa.common.segment import aorta_probability
+    from fedaaa.common.training import pick_device
+    from fedaaa.simulations.phantom import load_real_ct
+
+    hu, affine, label = load_real_ct(REAL_CT_DIR)
+    loaded = load_study_input(REAL_CT_DIR / "example_ct.nii.gz", mf.preprocess)
+    prob = aorta_probability(mf.model, loaded.image, pick_device())
+    ijk = np.indices(hu.shape).reshape(3, -1)
+    world = affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
+    vox = np.linalg.solve(loaded.affine, world)[:3]
+    mapped = ndimage.map_coordinates(prob, vox, order=1, cval=0.0).reshape(hu.shape) >= 0.5
+    zs = np.nonzero(label.any(axis=(0, 1)))[0]
+    pred, ref = mapped[:, :, zs], label[:, :, zs] > 0
+    dice = 2 * (pred & ref).sum() / max(pred.sum() + ref.sum(), 1)
+    return {"dice": float(dice), "slices": int(len(zs)), "pred_voxels": int(pred.sum()), "ref_voxels": int(ref.sum())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,9 +160,17 @@ def main(argv: list[str] | None = None) -> int:
                     "pred_d": d,
                 }
             )  # fmt: skip
+        dice = real_ct_dice(mf)
+        print(f"real CT aorta Dice against label 52: {dice}", file=sys.stderr)
     elif args.real:
+        dice = None
         print(f"real CT not found under {REAL_CT_DIR}: real-CT cases skipped", file=sys.stderr)
+    else:
+        dice = None
 
+    if not rows:
+        print("nothing was evaluated", file=sys.stderr)
+        return 1
     ph = [r for r in rows if r["set"] == "phantom"]
     heavy = [r for r in ph if r["thrombus_fraction"] >= 0.5]
     groups = [
@@ -144,6 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         ("real CT, inserted aneurysms + unmodified", [r for r in rows if r["set"] == "real-ct"]),
     ]
     md = table(groups)
+    if dice is not None:
+        md += (
+            f"\n\nReal CT aorta Dice against TotalSegmentator's label 52 on its {dice['slices']} labelled slices "
+            f"(3 mm grid): {dice['dice']:.3f}."
+        )
+    real_rows = {r["study_id"]: r for r in rows if r["set"] == "real-ct"}
+    if "real-unmodified" in real_rows:
+        r = real_rows["real-unmodified"]
+        md += f"\nUnmodified real CT: called {'AAA' if r['pred_aaa'] else 'no AAA'}, {fmt(r['pred_d'], 1)} mm (reference {r['true_d']:.1f} mm)."
     aaa_heavy = [r for r in heavy if r["aaa"]]
     if aaa_heavy:
         lumen_err = np.mean([abs(r["pred_d"] - r["lumen_d"]) for r in aaa_heavy])

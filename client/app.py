@@ -17,7 +17,7 @@ from flwr.common.logger import FLOWER_LOGGER
 from fedaaa.common.cache import InputCache
 from fedaaa.common.config import PREPROCESS, RunSettings
 from fedaaa.common.errors import ConfigError
-from fedaaa.common.model import AAANet
+from fedaaa.common.model import AortaNet
 from fedaaa.common.site import LoadedSplit, Site
 from fedaaa.common.training import evaluate_local, pick_device, train_local
 
@@ -53,14 +53,19 @@ _LOADED: dict[tuple[str, str], LoadedSplit] = {}
 TRAIN_KEYS = {"train-loss", "num-examples", "skipped-studies"}
 EVALUATE_KEYS = {
     "num-examples",
-    "bce-sum",
     "tp",
     "fp",
     "tn",
     "fn",
+    "unmeasured",
     "diameter-n",
+    "diameter-err-sum",
     "diameter-abs-err-sum",
     "diameter-sq-err-sum",
+    "dice-n",
+    "dice-inter",
+    "dice-pred",
+    "dice-true",
     "hist-pos",
     "hist-neg",
     "skipped-studies",
@@ -90,15 +95,15 @@ def _split(context: Context, settings: RunSettings, split: str) -> LoadedSplit:
     return _LOADED[key]
 
 
-def _model_from(msg: Message, device: torch.device) -> AAANet:
-    model = AAANet()
+def _model_from(msg: Message, device: torch.device) -> AortaNet:
+    model = AortaNet()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model.to(device)
 
 
 def _prepare(
     msg: Message, context: Context, split_name: str
-) -> tuple[RunSettings, int, torch.device, AAANet, LoadedSplit]:
+) -> tuple[RunSettings, int, torch.device, AortaNet, LoadedSplit]:
     """Settings (run config overridden by what the coordinator sent), round, device, model and data."""
     settings = RunSettings.from_run_config(context.run_config)
     config = msg.content["config"] if "config" in msg.content else {}
@@ -126,13 +131,18 @@ def train(msg: Message, context: Context) -> Message:
     settings, server_round, device, model, split = _prepare(msg, context, "train")
     metrics = train_local(model, split.data, settings.train_settings(server_round), device)
     metrics["skipped-studies"] = len(split.skipped)
-    log.info(
-        "round %d: trained on %d studies (%d skipped), loss %.4f",
-        server_round,
-        len(split),
-        len(split.skipped),
-        metrics["train-loss"],
-    )
+    if metrics["num-examples"]:
+        log.info(
+            "round %d: trained on %d labelled studies (%d skipped), loss %.4f",
+            server_round,
+            metrics["num-examples"],
+            len(split.skipped),
+            metrics["train-loss"],
+        )
+    else:  # a site without aorta labels validates and calibrates; its weights do not count in the average
+        log.info(
+            "round %d: no study with an aorta label at this site: nothing to train, weights unchanged", server_round
+        )
     return _reply(msg, metrics, TRAIN_KEYS, ArrayRecord(model.cpu().state_dict()))
 
 

@@ -32,7 +32,7 @@ from fedaaa.common.io.walk import (
     safe_resolve,
     walk_study,
 )
-from fedaaa.common.preprocess import UnforeseenFailure, load_study
+from fedaaa.common.preprocess import StudyInput, UnforeseenFailure, load_study_input
 from fedaaa.common.settings import PreprocessSettings
 
 
@@ -43,7 +43,9 @@ def default_cache_dir() -> Path:
 # Bump when reading or preprocessing code changes what a study becomes: old cache entries then miss.
 # 3: typed study facts (StudyInfo) in the records; the input-grid guard.
 # 4: budgets from headers, stray files skipped by their first bytes, the safe walk (skip warnings).
-PIPELINE_VERSION = 4
+# 5: the segmentation grid (1.5 x 1.5 x 3 mm, whole scanned range) and aorta labels beside the inputs.
+PIPELINE_VERSION = 5
+MAX_LABEL_BYTES = 256 << 20
 INDEX_FILE = "content-index.json"
 INDEX_VERSION = 1
 
@@ -90,6 +92,22 @@ def content_digest(path: Path) -> str:
             _hash_file(h, f)
         else:
             h.update(f"stray\0{size}\0".encode() + read_head(f, HEAD_BYTES))
+    return h.hexdigest()
+
+
+def label_digest(mask: Path) -> str:
+    """SHA-256 of a label file's bytes (a regular file of at most :data:`MAX_LABEL_BYTES`, opened safely);
+    ``missing`` when it cannot be read (the study is then prepared, and its label refused, in one sentence)."""
+    h = hashlib.sha256()
+    try:
+        fd = open_regular(mask)
+        with os.fdopen(fd, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+                if fh.tell() > MAX_LABEL_BYTES:
+                    return "too-large"
+    except OSError:
+        return "missing"
     return h.hexdigest()
 
 
@@ -169,19 +187,23 @@ class Outcome:
     info: StudyInfo | None = None
     error: str | None = None
     where: str = ""
+    label: bool = False  # the entry holds the study's aorta label
+    label_error: str = ""  # why a label named for the study could not be used (the study still is)
 
     def to_json(self) -> str:
         if self.error is not None:
             return json.dumps({"error": self.error, "where": self.where})
         assert self.info is not None
-        return json.dumps({"info": self.info.to_dict()})
+        return json.dumps({"info": self.info.to_dict(), "label": self.label, "label_error": self.label_error})
 
     @classmethod
     def from_json(cls, text: str) -> Outcome:
         """The record :meth:`to_json` wrote; anything else raises (TypeError, ValueError, KeyError)."""
         raw = json.loads(text)
-        if isinstance(raw, dict) and set(raw) == {"info"}:
-            return cls(info=StudyInfo.from_dict(raw["info"]))
+        if isinstance(raw, dict) and set(raw) == {"info", "label", "label_error"}:
+            return cls(
+                info=StudyInfo.from_dict(raw["info"]), label=bool(raw["label"]), label_error=str(raw["label_error"])
+            )
         if isinstance(raw, dict) and set(raw) == {"error", "where"}:
             return cls(error=str(raw["error"]), where=str(raw["where"]))
         raise ValueError("not a cache record")
@@ -220,8 +242,11 @@ class InputCache:
         self.index.put(path, fp, digest)
         return digest
 
-    def key(self, path: Path, rehash: bool = False) -> str:
-        text = f"{self.digest(Path(path), rehash)}|{self.settings.to_json()}|{PIPELINE_VERSION}"
+    def key(self, path: Path, rehash: bool = False, mask: Path | None = None) -> str:
+        """The entry's name: the study's content, its label's content (when one is named), the settings
+        and the pipeline version."""
+        label = "" if mask is None else label_digest(Path(mask))
+        text = f"{self.digest(Path(path), rehash)}|{label}|{self.settings.to_json()}|{PIPELINE_VERSION}"
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def save_index(self) -> None:
@@ -240,17 +265,34 @@ class InputCache:
             return None
         if outcome.error is None and not tensor_file.exists():
             return None
+        if outcome.label and not (self.dir / f"{key}.label.npy").exists():
+            return None
         return outcome
 
     def tensor(self, key: str) -> torch.Tensor:
         return torch.from_numpy(np.load(self._files(key)[0]).astype(np.float32))
 
-    def prepare(self, path: str | Path, key: str | None = None) -> tuple[str, Outcome]:
+    def label(self, key: str) -> torch.Tensor:
+        """The entry's aorta label (1, X, Y, Z) as 0/1 floats (only for an outcome with ``label``)."""
+        return torch.from_numpy(np.load(self.dir / f"{key}.label.npy").astype(np.float32))
+
+    def _load(self, path: Path, mask: Path | None) -> tuple[StudyInput, str]:
+        """The study's input with its label; a label that cannot be used leaves the study usable without it."""
+        if mask is None:
+            return load_study_input(path, self.settings), ""
+        try:
+            return load_study_input(path, self.settings, mask), ""
+        except StudyError as err:
+            if safe_resolve(err.source) != safe_resolve(mask) or isinstance(err, UnforeseenFailure):
+                raise
+            return load_study_input(path, self.settings), err.reason
+
+    def prepare(self, path: str | Path, key: str | None = None, mask: Path | None = None) -> tuple[str, Outcome]:
         """Make sure the study's entry exists; returns (key, outcome). Refusals are recorded too."""
         path = safe_resolve(path)
         if key is None:
             try:
-                key = self.key(path)
+                key = self.key(path, mask=mask)
             except StudyPathError as exc:  # a FIFO, a device, a link loop, too many files: nothing opened
                 return "", Outcome(error=exc.reason)
             except OSError as exc:  # missing or unreadable files: nothing to cache
@@ -261,16 +303,20 @@ class InputCache:
             return key, outcome
         self.decoded += 1
         try:
-            tensor, info = load_study(path, self.settings)
+            loaded, label_error = self._load(path, mask)
         except UnforeseenFailure as err:  # refuse this study now, but do not remember it
             return key, Outcome(error=err.reason, where=_relative(err.source, path))
         except StudyError as err:
             outcome = Outcome(error=err.reason, where=_relative(err.source, path))
         else:
-            outcome = Outcome(info=info)
+            outcome = Outcome(info=loaded.info, label=loaded.label is not None, label_error=label_error)
             self.dir.mkdir(parents=True, exist_ok=True)
+            if loaded.label is not None:
+                tmp = self.dir / f"{key}.{os.getpid()}.tmp.label.npy"
+                np.save(tmp, loaded.label.numpy().astype(np.uint8))
+                os.replace(tmp, self.dir / f"{key}.label.npy")
             tmp = self.dir / f"{key}.{os.getpid()}.tmp.npy"
-            np.save(tmp, tensor.numpy().astype(np.float16))  # hits and misses return the same values
+            np.save(tmp, loaded.image.numpy().astype(np.float16))  # hits and misses return the same values
             os.replace(tmp, self._files(key)[0])
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f"{key}.{os.getpid()}.tmp.json"

@@ -15,12 +15,12 @@ _TRAIN = TrainSettings()  # the per-round training defaults live there, once
 class RunSettings:
     """A federation run. Flower run-config keys are these names in kebab-case (``num-server-rounds``)."""
 
-    num_server_rounds: int = 12
+    num_server_rounds: int = 10
     local_epochs: int = _TRAIN.local_epochs
     batch_size: int = _TRAIN.batch_size
     learning_rate: float = _TRAIN.learning_rate
     weight_decay: float = _TRAIN.weight_decay
-    diameter_weight: float = _TRAIN.diameter_weight
+    patches_per_study: int = _TRAIN.patches_per_study
     proximal_mu: float = _TRAIN.proximal_mu
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0

@@ -26,6 +26,8 @@ class Prepared:
     info: StudyInfo | None = None
     error: str | None = None
     where: str = ""  # the file inside the study a refusal points to, if any
+    label: bool = False  # the entry holds the study's aorta label
+    label_error: str = ""  # why the label named for it could not be used
 
 
 def default_workers() -> int:
@@ -40,12 +42,20 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # the workers are the parallelism
 
 
-def _prepare(settings: PreprocessSettings, cache_dir: str, path: Path, key: str) -> Outcome:
-    return InputCache(settings, Path(cache_dir), use_index=False).prepare(path, key)[1]
+def _prepare(settings: PreprocessSettings, cache_dir: str, path: Path, key: str, mask: Path | None) -> Outcome:
+    return InputCache(settings, Path(cache_dir), use_index=False).prepare(path, key, mask)[1]
 
 
 def _result(path: Path, key: str, outcome: Outcome) -> Prepared:
-    return Prepared(path, key, info=outcome.info, error=outcome.error, where=outcome.where)
+    return Prepared(
+        path,
+        key,
+        info=outcome.info,
+        error=outcome.error,
+        where=outcome.where,
+        label=outcome.label,
+        label_error=outcome.label_error,
+    )
 
 
 def prepare_studies(
@@ -55,11 +65,13 @@ def prepare_studies(
     progress: Progress | None = None,
     *,
     rehash: bool = False,
+    masks: list[Path | None] | None = None,
 ) -> list[Prepared]:
     """Cache entries for ``paths`` (in order). A study unchanged since the cache's content index saw it
     is keyed without reading its bytes (``rehash`` hashes every study and refreshes the index); hits are
     then only loaded; misses are decoded, in ``workers`` processes when there are several, and counted in
-    ``cache.decoded``."""
+    ``cache.decoded``. ``masks`` (aligned with ``paths``) names each study's aorta label file, if any."""
+    masks = list(masks) if masks is not None else [None] * len(paths)
     workers = default_workers() if workers is None else max(1, workers)
     total, done = len(paths), 0
     results: list[Prepared | None] = [None] * total
@@ -68,7 +80,7 @@ def prepare_studies(
         key, outcome = "", None
         path = safe_resolve(path)  # a link loop is refused by prepare(), not raised here
         try:
-            key = cache.key(path, rehash=rehash)
+            key = cache.key(path, rehash=rehash, mask=masks[i])
             outcome = cache.record(key)
         except OSError:
             outcome = None
@@ -76,7 +88,7 @@ def prepare_studies(
             misses.append((i, path, key))
             continue
         if outcome is None:  # unreadable: let prepare() word the refusal
-            key, outcome = cache.prepare(path)
+            key, outcome = cache.prepare(path, mask=masks[i])
         results[i] = _result(path, key, outcome)
         done += 1
         if progress:
@@ -86,7 +98,7 @@ def prepare_studies(
         ctx = multiprocessing.get_context("spawn")  # safe inside threaded hosts (Flower, Ray)
         with ProcessPoolExecutor(min(workers, len(misses)), mp_context=ctx, initializer=_worker_init) as pool:
             futures = {
-                pool.submit(_prepare, cache.settings, str(cache.dir), path, key): (i, path, key)
+                pool.submit(_prepare, cache.settings, str(cache.dir), path, key, masks[i]): (i, path, key)
                 for i, path, key in misses
             }
             for future in as_completed(futures):
@@ -98,7 +110,7 @@ def prepare_studies(
                     progress(done, total)
     else:
         for i, path, key in misses:
-            results[i] = _result(path, key, cache.prepare(path, key)[1])
+            results[i] = _result(path, key, cache.prepare(path, key, masks[i])[1])
             done += 1
             if progress:
                 progress(done, total)

@@ -12,21 +12,27 @@ from typing import Any, NotRequired, TypedDict, cast
 
 import numpy as np
 
-SCORE_BINS = 50  # probability histogram bins: enough for AUROC to about 0.01, no per-patient scores
+from fedaaa.common.calibration import HIST_BINS, diameter_bins
+from fedaaa.common.clinical import AAA_THRESHOLD_MM
 
 # Keys are Flower metric names (kebab-case), hence the functional TypedDict syntax.
 EvaluationStats = TypedDict(
     "EvaluationStats",
     {
         "num-examples": int,
-        "bce-sum": float,
         "tp": int,
         "fp": int,
         "tn": int,
         "fn": int,
+        "unmeasured": int,
         "diameter-n": int,
+        "diameter-err-sum": float,
         "diameter-abs-err-sum": float,
         "diameter-sq-err-sum": float,
+        "dice-n": int,
+        "dice-inter": int,
+        "dice-pred": int,
+        "dice-true": int,
         "hist-pos": list[int],
         "hist-neg": list[int],
         "skipped-studies": NotRequired[int],  # added by the client: studies it could not use
@@ -44,32 +50,49 @@ class Summary(TypedDict):
     sensitivity: float
     specificity: float
     accuracy: float
-    bce: float
+    unmeasured: int
+    dice: float
     diameter_mae_mm: float
     diameter_rmse_mm: float
+    diameter_bias_mm: float
 
 
 def evaluation_stats(
-    prob: np.ndarray, diam: np.ndarray, aaa: np.ndarray, diam_true: np.ndarray, threshold: float = 0.5
+    measured: np.ndarray,
+    aaa: np.ndarray,
+    diam_true: np.ndarray,
+    dice_counts: Sequence[tuple[int, int, int]] = (),
+    cut_mm: float = AAA_THRESHOLD_MM,
 ) -> EvaluationStats:
-    """Sums and counts only (no per-study values): they add up across hospitals."""
+    """Sums and counts only (no per-study values): they add up across hospitals.
+
+    ``measured`` is each study's measured maximum diameter (NaN when the aorta was not measurable: such a
+    study counts as not called AAA); a study is called AAA at ``cut_mm`` or more. The histograms of the
+    measured diameters (0.5 mm bins) by true class give the AUROC and the calibration fit."""
     aaa = np.asarray(aaa).astype(bool)
-    prob = np.clip(np.asarray(prob, dtype=float), 1e-7, 1 - 1e-7)
-    known = np.isfinite(diam_true)
-    pred = prob >= threshold
-    bins = np.minimum((prob * SCORE_BINS).astype(int), SCORE_BINS - 1)
+    measured = np.asarray(measured, dtype=float)
+    ok = np.isfinite(measured)
+    pred = ok & (np.nan_to_num(measured, nan=0.0) >= cut_mm)
+    known = ok & np.isfinite(diam_true)
+    err = measured[known] - np.asarray(diam_true, dtype=float)[known]
+    bins = diameter_bins(np.nan_to_num(measured, nan=0.0))
     return {
-        "num-examples": int(len(prob)),
-        "bce-sum": float(-(np.log(prob[aaa]).sum() + np.log(1 - prob[~aaa]).sum())),
+        "num-examples": int(len(measured)),
         "tp": int((pred & aaa).sum()),
         "fp": int((pred & ~aaa).sum()),
         "tn": int((~pred & ~aaa).sum()),
         "fn": int((~pred & aaa).sum()),
+        "unmeasured": int((~ok).sum()),
         "diameter-n": int(known.sum()),
-        "diameter-abs-err-sum": float(np.abs(diam[known] - diam_true[known]).sum()),
-        "diameter-sq-err-sum": float(((diam[known] - diam_true[known]) ** 2).sum()),
-        "hist-pos": np.bincount(bins[aaa], minlength=SCORE_BINS).tolist(),
-        "hist-neg": np.bincount(bins[~aaa], minlength=SCORE_BINS).tolist(),
+        "diameter-err-sum": float(err.sum()),
+        "diameter-abs-err-sum": float(np.abs(err).sum()),
+        "diameter-sq-err-sum": float((err**2).sum()),
+        "dice-n": len(dice_counts),
+        "dice-inter": int(sum(c[0] for c in dice_counts)),
+        "dice-pred": int(sum(c[1] for c in dice_counts)),
+        "dice-true": int(sum(c[2] for c in dice_counts)),
+        "hist-pos": np.bincount(bins[aaa], minlength=HIST_BINS).tolist(),
+        "hist-neg": np.bincount(bins[~aaa], minlength=HIST_BINS).tolist(),
     }
 
 
@@ -100,13 +123,16 @@ def summarize(stats: Mapping[str, Any]) -> Summary:
     tp, fp, tn, fn = (stats.get(k, 0) for k in ("tp", "fp", "tn", "fn"))
     dn = stats.get("diameter-n", 0)
     nan = math.nan
+    dice_den = stats.get("dice-pred", 0) + stats.get("dice-true", 0)
     return {
         "n": n,
         "auroc": auroc_from_histograms(stats.get("hist-pos", [0]), stats.get("hist-neg", [0])),
         "sensitivity": tp / (tp + fn) if tp + fn else nan,
         "specificity": tn / (tn + fp) if tn + fp else nan,
         "accuracy": (tp + tn) / n if n else nan,
-        "bce": stats.get("bce-sum", 0.0) / n if n else nan,
+        "unmeasured": int(stats.get("unmeasured", 0)),
+        "dice": 2 * stats.get("dice-inter", 0) / dice_den if stats.get("dice-n", 0) and dice_den else nan,
         "diameter_mae_mm": stats.get("diameter-abs-err-sum", 0.0) / dn if dn else nan,
         "diameter_rmse_mm": math.sqrt(stats.get("diameter-sq-err-sum", 0.0) / dn) if dn else nan,
+        "diameter_bias_mm": stats.get("diameter-err-sum", 0.0) / dn if dn else nan,
     }

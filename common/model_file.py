@@ -24,12 +24,22 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from fedaaa.common.calibration import Calibration
 from fedaaa.common.errors import ConfigError, describe
 from fedaaa.common.settings import ArchSettings, PreprocessSettings
 
 FORMAT = "fedaaa-model"
-FORMAT_VERSION = "1"
-KEYS = ("format", "format_version", "architecture", "preprocess", "threshold", "round", "summary")
+FORMAT_VERSION = "2"  # 2: the segmentation network, its probability calibration
+KEYS = (
+    "format",
+    "format_version",
+    "architecture",
+    "preprocess",
+    "threshold",
+    "calibration",
+    "round",
+    "summary",
+)
 
 MAX_FILE_BYTES = 1 << 30  # far above any sane AAANet (MAX_PARAMETERS float64 weights are 400 MB)
 MAX_HEADER_BYTES = 1 << 20  # the safetensors JSON header: tensor names, shapes, offsets and the metadata
@@ -51,6 +61,7 @@ class ModelMeta:
     threshold: float = 0.5
     round: int = 0
     summary: Mapping[str, Any] = field(default_factory=dict)
+    calibration: Calibration = Calibration()
 
 
 def write_model_file(path: str | Path, state: Mapping[str, torch.Tensor], meta: ModelMeta) -> Path:
@@ -64,6 +75,7 @@ def write_model_file(path: str | Path, state: Mapping[str, torch.Tensor], meta: 
         "architecture": meta.arch.to_json(),
         "preprocess": meta.preprocess.to_json(),
         "threshold": repr(float(meta.threshold)),
+        "calibration": meta.calibration.to_json(),
         "round": str(int(meta.round)),
         "summary": json.dumps(dict(meta.summary)),
     }
@@ -113,12 +125,12 @@ def _round(text: object) -> int:
     return int(text)
 
 
-def activation_count(arch: ArchSettings, preprocess: PreprocessSettings) -> int:
-    """Feature-map values of one input through the convolution stages (valid settings only)."""
-    size, total = list(preprocess.roi_size), 0
+def activation_count(arch: ArchSettings) -> int:
+    """Feature-map values of one patch through the U-Net's stages, down and up (valid settings only)."""
+    size, total = list(arch.patch_size), 0
     for c in arch.channels:
-        total += c * math.prod(size)
-        size = [s // 2 for s in size]
+        total += 2 * (1 + arch.res_units) * c * math.prod(size)
+        size = [max(1, s // 2) for s in size]
     return total
 
 
@@ -127,7 +139,7 @@ def validate_metadata(raw: Mapping[str, object]) -> ModelMeta:
 
     Raises ValueError with a one-sentence reason (without the file name) when a key is missing, of the
     wrong type or out of its range, a number is not finite, or the network or its input would be too
-    large for the input (``roi_size``) or for memory.
+    large for memory (its patch size).
     """
     if not isinstance(raw, Mapping) or raw.get("format") != FORMAT:
         raise ValueError(f"not a FedAAA model file (its metadata lack format {FORMAT})")
@@ -141,19 +153,15 @@ def validate_metadata(raw: Mapping[str, object]) -> ModelMeta:
     if arch.parameter_count() > MAX_PARAMETERS:
         raise ValueError(f"the architecture has more than {MAX_PARAMETERS} weights")
     preprocess = PreprocessSettings.from_json(raw["preprocess"])
-    levels = len(arch.channels) - 1
-    if min(preprocess.roi_size) >> levels < 1:
-        raise ValueError(
-            f"preprocess roi_size {list(preprocess.roi_size)} is too small for {levels} pooling stages of the architecture"
-        )
-    if activation_count(arch, preprocess) > MAX_ACTIVATIONS:
-        raise ValueError("the architecture and roi_size need too much memory per input")
+    if activation_count(arch) > MAX_ACTIVATIONS:
+        raise ValueError("the architecture and its patch size need too much memory per input")
     return ModelMeta(
         arch=arch,
         preprocess=preprocess,
         threshold=_threshold(raw["threshold"]),
         round=_round(raw["round"]),
         summary=_summary(raw["summary"]),
+        calibration=Calibration.from_json(raw["calibration"]),
     )
 
 

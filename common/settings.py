@@ -11,7 +11,8 @@ from typing import Any
 # Bounds of a sane model (checked before a network is built or an input resampled).
 MAX_STAGES = 8
 MAX_STAGE_CHANNELS = 512
-MAX_HIDDEN = 4096
+MAX_RES_UNITS = 4
+PATCH_RANGE = (8, 256)
 SPACING_RANGE_MM = (0.1, 20.0)
 ROI_RANGE = (8, 512)
 MAX_ROI_VOXELS = 1 << 24  # 256^3: the network input, preprocessed per study in memory
@@ -76,10 +77,13 @@ def _json_object(text: object, name: str, keys: tuple[str, ...]) -> dict[str, An
 
 @dataclass(frozen=True)
 class PreprocessSettings:
-    """Fixed physical spacing and field of view of the network input (RAS, mm and voxels)."""
+    """Physical spacing and field of view of the network input (RAS, mm and voxels).
 
-    spacing_mm: tuple[float, float, float] = (2.5, 2.5, 5.0)
-    roi_size: tuple[int, int, int] = (64, 64, 48)
+    ``roi_size`` is the in-plane box (x, y) centred on the body, and along z the most slices kept: a
+    longer scan keeps its central ``roi_size[2]`` slices, a shorter one all of its own (no padding)."""
+
+    spacing_mm: tuple[float, float, float] = (1.5, 1.5, 3.0)
+    roi_size: tuple[int, int, int] = (128, 128, 192)
     hu_window: tuple[float, float] = (-150.0, 450.0)
 
     def to_json(self) -> str:
@@ -121,11 +125,11 @@ PER_ROUND = "per_round"
 class TrainSettings:
     """Local training at one hospital for one round; the defaults are the run defaults."""
 
-    local_epochs: int = 3
-    batch_size: int = 8
-    learning_rate: float = 1e-3
+    local_epochs: int = 2
+    batch_size: int = 4
+    learning_rate: float = 2e-3
     weight_decay: float = 1e-4
-    diameter_weight: float = 1.0
+    patches_per_study: int = 2  # random training patches drawn from each masked study per epoch
     proximal_mu: float = 0.0  # FedProx term; 0 is plain FedAvg
     seed: int = field(default=0, metadata={PER_ROUND: False})  # run seed + server round, set at the site
 
@@ -142,13 +146,17 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class ArchSettings:
-    """Architecture of :class:`fedaaa.common.model.AAANet`, stored in every model file."""
+    """Architecture of :class:`fedaaa.common.model.AortaNet` (a MONAI 3D U-Net), stored in every model file.
+
+    ``channels`` are the U-Net's stages (each after the first halves the grid), ``res_units`` its residual
+    units per stage, ``patch_size`` the training patch and sliding-window size (voxels, divisible by the
+    total down-sampling)."""
 
     channels: tuple[int, ...] = (8, 16, 32, 64)
-    groups: int = 4
-    hidden: int = 64
+    res_units: int = 1
     dropout: float = 0.0
-    negative_slope: float = 0.1  # LeakyReLU: no dead units while the network searches for the aorta
+    negative_slope: float = 0.1  # LeakyReLU (not in place: Opacus hooks must see every activation)
+    patch_size: tuple[int, int, int] = (80, 80, 32)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -157,29 +165,34 @@ class ArchSettings:
     def from_json(cls, text: str) -> ArchSettings:
         """Parse and validate (:meth:`validate`); a ValueError with a one-sentence reason if not sane."""
         raw = _json_object(text, "architecture", tuple(f.name for f in fields(cls)))
-        raw["channels"] = tuple(_check_list("architecture channels", raw["channels"], 1, MAX_STAGES))
+        raw["channels"] = tuple(_check_list("architecture channels", raw["channels"], 2, MAX_STAGES))
+        raw["patch_size"] = tuple(_check_list("architecture patch_size", raw["patch_size"], 3, 3))
         settings = cls(**raw)
         settings.validate()
         return settings
 
     def validate(self) -> None:
-        """Raise ValueError (one sentence) unless every value is of its type and in its sane range, and
-        every stage's channels divide into its GroupNorm groups (``min(groups, channels)``)."""
-        channels = _check_list("architecture channels", self.channels, 1, MAX_STAGES)
+        """Raise ValueError (one sentence) unless every value is of its type and in its sane range and the
+        patch divides into the U-Net's down-sampling."""
+        channels = _check_list("architecture channels", self.channels, 2, MAX_STAGES)
         for c in channels:
             _check_int("architecture channels", c, 1, MAX_STAGE_CHANNELS)
-        groups = _check_int("architecture groups", self.groups, 1, MAX_STAGE_CHANNELS)
-        for c in channels:
-            if c % min(groups, c):
-                raise ValueError(f"architecture channels {c} cannot be split into {groups} normalization groups")
-        _check_int("architecture hidden", self.hidden, 1, MAX_HIDDEN)
+        _check_int("architecture res_units", self.res_units, 0, MAX_RES_UNITS)
         _check_float("architecture dropout", self.dropout, 0.0, 1.0, hi_open=True)
         _check_float("architecture negative_slope", self.negative_slope, 0.0, 1.0)
+        patch = _check_list("architecture patch_size", self.patch_size, 3, 3)
+        factor = 2 ** (len(channels) - 1)
+        for v in patch:
+            _check_int("architecture patch_size", v, *PATCH_RANGE)
+            if v % factor:
+                raise ValueError(f"architecture patch_size {_show(patch)} must be divisible by {factor}")
 
     def parameter_count(self) -> int:
-        """Weights of :class:`~fedaaa.common.model.AAANet` with this architecture (valid settings only)."""
+        """An upper bound of the weights of :class:`~fedaaa.common.model.AortaNet` (valid settings only):
+        per stage, the down and up convolutions and residual units with their norms and biases."""
         total, c_in = 0, 1
         for c in self.channels:
-            total += c * c_in * 27 + c + 2 * c  # 3x3x3 convolution with bias, GroupNorm scale and shift
+            per_conv = 27 * c * max(c_in, c) * 2 + 4 * c
+            total += per_conv * (2 + 2 * self.res_units) * 2
             c_in = c
-        return total + (2 * c_in + 1) * self.hidden + 2 * (self.hidden + 1)
+        return total

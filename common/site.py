@@ -13,11 +13,10 @@ import logging
 import math
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import TensorDataset
 
 from fedaaa.common.cache import InputCache
 from fedaaa.common.errors import REASON_LIMIT, ConfigError, describe, printable
@@ -276,13 +275,15 @@ class Site:
             progress(offset, total)
         shifted = (lambda done, _all: progress(offset + done, total)) if progress else None
         paths = [studies[i].path for i in todo]
+        usable = {id(s) for s in self.masked([studies[i] for i in todo])}
+        masks = [studies[i].mask if id(studies[i]) in usable else None for i in todo]
         try:
-            batch = prepare_studies(paths, cache, workers, shifted, rehash=rehash)
+            batch = prepare_studies(paths, cache, workers, shifted, rehash=rehash, masks=masks)
         except Exception as exc:  # one study's unforeseen failure must not end the others
             log.warning("preparing studies together failed (%s); preparing them one by one", describe(exc))
             batch = []
             for k, path in enumerate(paths):
-                batch.append(_prepare_one(path, cache, rehash))
+                batch.append(_prepare_one(path, cache, rehash, masks[k]))
                 if progress:
                     progress(offset + k + 1, total)
         for i, p in zip(todo, batch):
@@ -291,6 +292,10 @@ class Site:
         for study, p in zip(studies, prepared):
             if p.error:
                 log.warning("skipped study %s: %s", printable(study.study_id), printable(p.error, REASON_LIMIT))
+            elif p.label_error:
+                log.warning(
+                    "ignored mask of study %s: %s", printable(study.study_id), printable(p.label_error, REASON_LIMIT)
+                )
         return prepared
 
     def load(
@@ -307,36 +312,59 @@ class Site:
         ``fedaaa predict`` and ``fedaaa site check``."""
         cache = cache or InputCache(settings)
         studies = self.split(split)
-        images, aaa, diam, skipped = [], [], [], {}
+        data = StudySet(spacing_mm=tuple(settings.spacing_mm))
+        skipped: dict[str, str] = {}
         for study, p in zip(studies, self.prepare(studies, cache, workers, progress)):
             if p.error:
                 skipped[study.study_id] = p.error
                 continue
             try:
-                images.append(cache.tensor(p.key))
+                image = cache.tensor(p.key)
+                label = cache.label(p.key) if p.label else None
             except Exception as exc:  # a damaged cache entry refuses this study only
                 skipped[study.study_id] = f"cached input cannot be read ({describe(exc)})"
                 continue
-            aaa.append(study.aaa)
-            diam.append(study.max_diameter_mm)
-        if images:
-            data = TensorDataset(torch.stack(images), torch.tensor(aaa), torch.tensor(diam, dtype=torch.float32))
-        else:
-            data = None
-        return LoadedSplit(data, skipped)
+            data.add(image, label, study.aaa, study.max_diameter_mm)
+        return LoadedSplit(data if len(data) else None, skipped)
 
 
-def _prepare_one(path: Path, cache: InputCache, rehash: bool) -> Prepared:
+def _prepare_one(path: Path, cache: InputCache, rehash: bool, mask: Path | None = None) -> Prepared:
     """One study's entry; any exception at all becomes its refusal."""
     try:
-        return prepare_studies([path], cache, 1, None, rehash=rehash)[0]
+        return prepare_studies([path], cache, 1, None, rehash=rehash, masks=[mask])[0]
     except Exception as exc:
         return Prepared(path, "", error=f"unforeseen failure ({type(exc).__name__}: {describe(exc)})")
 
 
 @dataclass
+class StudySet:
+    """A split's usable studies in memory: each image (1, X, Y, Z; Z varies with the scanned range), its
+    aorta label or None, the AAA label and the reference maximum diameter (NaN when unknown)."""
+
+    spacing_mm: tuple[float, ...]
+    images: list[torch.Tensor] = field(default_factory=list)
+    labels: list[torch.Tensor | None] = field(default_factory=list)
+    aaa: list[int] = field(default_factory=list)
+    diameters: list[float] = field(default_factory=list)
+
+    def add(self, image: torch.Tensor, label: torch.Tensor | None, aaa: int, diameter: float) -> None:
+        self.images.append(image)
+        self.labels.append(label)
+        self.aaa.append(int(aaa))
+        self.diameters.append(float(diameter))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def masked(self) -> list[int]:
+        """Indices of the studies with an aorta label (the ones segmentation training can use)."""
+        return [i for i, lab in enumerate(self.labels) if lab is not None]
+
+
+@dataclass
 class LoadedSplit:
-    data: TensorDataset | None  # (image, aaa, max_diameter_mm); None when no study was usable
+    data: StudySet | None  # None when no study was usable
     skipped: dict[str, str]  # study_id -> reason (kept at the site)
 
     def __len__(self) -> int:

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandSimulateLowResolutiond,
+    SpatialPadd,
+)
 
 from fedaaa.common.metrics import EvaluationStats, TrainStats, evaluation_stats
-from fedaaa.common.model import AAANet, aaa_loss
+from fedaaa.common.model import AortaNet, segmentation_loss
+from fedaaa.common.segment import measure_input
 from fedaaa.common.settings import TrainSettings
+from fedaaa.common.site import StudySet
 
-__all__ = ["TrainSettings", "evaluate_local", "pick_device", "predict_batch", "predict_dataset", "train_local"]
+__all__ = ["TrainSettings", "evaluate_local", "pick_device", "predict_set", "train_local", "training_transform"]
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -19,21 +34,69 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
-def train_local(model: AAANet, data: TensorDataset, settings: TrainSettings, device: torch.device) -> TrainStats:
-    """Train in place for ``settings.local_epochs``; returns the mean loss and example count."""
-    gen = torch.Generator().manual_seed(settings.seed)
-    loader = DataLoader(
-        data, batch_size=settings.batch_size, shuffle=True, generator=gen, drop_last=len(data) > settings.batch_size
+def training_transform(patch_size: tuple[int, ...], samples: int) -> Compose:
+    """Random patches around and away from the aorta (2:1), then what a renderer or a scanner may vary:
+    orientation and size a little, contrast (gamma), brightness, noise, blur and resolution. The labels
+    follow every spatial change."""
+    keys = ["image", "label"]
+    return Compose(
+        [
+            SpatialPadd(keys=keys, spatial_size=patch_size),
+            RandCropByPosNegLabeld(
+                keys=keys, label_key="label", spatial_size=patch_size, pos=2, neg=1, num_samples=samples
+            ),
+            RandAffined(
+                keys=keys,
+                prob=0.5,
+                rotate_range=(0.15, 0.15, 0.4),
+                scale_range=(0.12, 0.12, 0.12),
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            RandAdjustContrastd(keys="image", prob=0.5, gamma=(0.6, 1.6)),
+            RandScaleIntensityd(keys="image", prob=0.5, factors=0.2),
+            RandShiftIntensityd(keys="image", prob=0.5, offsets=0.08),
+            RandGaussianSmoothd(keys="image", prob=0.3, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2), sigma_z=(0.3, 1.0)),
+            RandSimulateLowResolutiond(keys="image", prob=0.25, zoom_range=(0.5, 0.9)),
+            RandGaussianNoised(keys="image", prob=0.5, std=0.04),
+        ]
     )
+
+
+def _batches(data: StudySet, settings: TrainSettings, patch_size: tuple[int, ...], rng: np.random.Generator):  # noqa: ANN202
+    """One epoch of (images, labels) batches of random augmented patches from the masked studies."""
+    transform = training_transform(patch_size, settings.patches_per_study)
+    transform.set_random_state(seed=int(rng.integers(2**31)))
+    order = rng.permutation(data.masked)
+    images, labels = [], []
+    for i in order:
+        for sample in transform({"image": data.images[i], "label": data.labels[i]}):
+            images.append(torch.as_tensor(sample["image"]).float())
+            labels.append(torch.as_tensor(sample["label"]).float())
+            if len(images) == settings.batch_size:
+                yield torch.stack(images), torch.stack(labels)
+                images, labels = [], []
+    if images:
+        yield torch.stack(images), torch.stack(labels)
+
+
+def train_local(model: AortaNet, data: StudySet, settings: TrainSettings, device: torch.device) -> TrainStats:
+    """Train in place for ``settings.local_epochs`` on the studies that have an aorta label; returns the
+    mean loss and the number of studies trained on (0 at a site without labels: it trains nothing and
+    its weights do not count in the average)."""
+    if not data.masked:
+        return {"train-loss": 0.0, "num-examples": 0}
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
     model.to(device).train()
     global_params = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu > 0 else None
     opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    loss_fn = segmentation_loss()
     total, seen = 0.0, 0
     for _ in range(settings.local_epochs):
-        for x, aaa, diam in loader:
-            x, aaa, diam = x.to(device), aaa.to(device), diam.to(device)
-            logit, pred = model(x)
-            loss = aaa_loss(logit, pred, aaa, diam, settings.diameter_weight)
+        for x, y in _batches(data, settings, tuple(model.arch.patch_size), rng):
+            x, y = x.to(device), y.to(device)
+            loss = loss_fn(model(x), y)
             if global_params is not None:
                 prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
                 loss = loss + settings.proximal_mu / 2 * prox
@@ -42,30 +105,30 @@ def train_local(model: AAANet, data: TensorDataset, settings: TrainSettings, dev
             opt.step()
             total += float(loss.detach()) * len(x)
             seen += len(x)
-    return {"train-loss": total / max(seen, 1), "num-examples": len(data)}
+    return {"train-loss": total / max(seen, 1), "num-examples": len(data.masked)}
 
 
-@torch.no_grad()
-def predict_batch(model: AAANet, x: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and diameters (mm) for a batch of inputs."""
-    model.to(device).eval()
-    logit, diam = model(x.to(device))
-    return torch.sigmoid(logit).cpu().numpy(), diam.cpu().numpy()
+def predict_set(model: AortaNet, data: StudySet, device: torch.device) -> list[dict]:
+    """Per study of ``data``, in order (kept at the site): measured diameter (NaN when not measurable) and,
+    for a labelled study, the Dice overlap counts of the thresholded map against its label."""
+    affine = np.diag([*data.spacing_mm, 1.0])
+    out = []
+    for image, label in zip(data.images, data.labels):
+        prob, m = measure_input(model, image, affine, device)
+        row: dict = {"diameter": m.max_diameter_mm if m.measurable else math.nan, "found": m.found}
+        if label is not None:
+            pred, truth = prob >= 0.5, label[0].numpy() >= 0.5
+            row |= {"inter": int((pred & truth).sum()), "pred": int(pred.sum()), "true": int(truth.sum())}
+        out.append(row)
+    return out
 
 
-def predict_dataset(
-    model: AAANet, data: TensorDataset, device: torch.device, batch_size: int = 8
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and diameters (mm) for every example of ``data``, in order."""
-    probs, diams = [], []
-    for x, _, _ in DataLoader(data, batch_size=batch_size):
-        p, d = predict_batch(model, x, device)
-        probs.append(p)
-        diams.append(d)
-    return np.concatenate(probs), np.concatenate(diams)
-
-
-def evaluate_local(model: AAANet, data: TensorDataset, device: torch.device, threshold: float = 0.5) -> EvaluationStats:
-    prob, diam = predict_dataset(model, data, device)
-    _, aaa, diam_true = data.tensors
-    return evaluation_stats(prob, diam, aaa.numpy(), diam_true.numpy(), threshold)
+def evaluate_local(model: AortaNet, data: StudySet, device: torch.device) -> EvaluationStats:
+    """Sums and counts of this site's studies (no per-study value leaves it)."""
+    rows = predict_set(model, data, device)
+    return evaluation_stats(
+        np.array([r["diameter"] for r in rows], dtype=float),
+        np.array(data.aaa),
+        np.array(data.diameters, dtype=float),
+        dice_counts=[(r["inter"], r["pred"], r["true"]) for r in rows if "inter" in r],
+    )

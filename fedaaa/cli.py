@@ -96,14 +96,15 @@ def _shown_path(path: str) -> str:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from fedaaa.common.errors import describe
     from fedaaa.common.model import load_model
-    from fedaaa.common.predict import DISCLAIMER, predict_study
+    from fedaaa.common.predict import DISCLAIMER, ReportRequest, predict_study
     from fedaaa.common.text import printable
 
     mf = load_model(args.model)
+    report = ReportRequest(Path(args.report_dir)) if args.report_dir else None
     refused = 0
     for path in args.paths:
         try:  # one answer per input, whatever happens to it
-            answer = predict_study(mf, path)
+            answer = predict_study(mf, path, report=report)
         except Exception as exc:
             answer = {
                 "input": str(path),
@@ -116,6 +117,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         shown = _shown_path(path)
         if "error" in answer:
             print(f"{shown}: refused: {printable(answer['error'], 480)}", flush=True)
+        elif not answer["measurable"]:
+            found = "aorta found but not measurable" if answer["aorta_found"] else "aorta not found"
+            print(f"{shown}: {found}: {printable(answer['reason'], 240)}", flush=True)
         else:
             verdict = "AAA" if answer["aaa_present"] else "no AAA"
             print(
@@ -126,6 +130,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             )
             for w in answer["warnings"]:
                 print(f"  warning: {printable(w, 200)}", flush=True)
+    if report is not None:
+        index = report.finish()
+        if not args.json:
+            print(f"report: {_shown_path(str(index))}")
     if not args.json:
         print(DISCLAIMER)
     return EXIT_REFUSED if refused else 0
@@ -280,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="study folders, Enhanced CT files or .nii/.nii.gz files")
     p.add_argument("--model", required=True, help="a FedAAA model file (.safetensors)")
     p.add_argument("--json", action="store_true", help="one JSON object per input, in input order")
+    p.add_argument(
+        "--report-dir",
+        metavar="DIR",
+        help="write per study a cross-section at the maximum with the caliper, a coronal/sagittal overview, "
+        "and DIR/index.html for the batch",
+    )
     p.set_defaults(func=_cmd_predict)
 
     site = sub.add_parser("site", help="a hospital's site folder").add_subparsers(dest="site_command", required=True)

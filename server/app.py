@@ -23,6 +23,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
 
+from fedaaa.common.calibration import TARGET_SENSITIVITY, Calibration, fit_platt, threshold_for_sensitivity
+from fedaaa.common.clinical import AAA_THRESHOLD_MM
 from fedaaa.common.config import PREPROCESS, ROUND_KEYS, RunSettings
 from fedaaa.common.metrics import sum_stats, summarize
 from fedaaa.common.model_file import ModelMeta, read_model_file, write_model_file
@@ -111,6 +113,7 @@ class FederationRecorder:
         self.settings = settings
         self.arch = arch
         self._rounds: dict[int, _Round] = {}
+        self._histograms: dict[int, tuple[list[float], list[float]]] = {}  # round -> summed val histograms
         self._t0 = time.time()
         (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
@@ -135,6 +138,21 @@ class FederationRecorder:
             self._write_checkpoint(server_round, state)
             self._write_history()
 
+    def keep_histograms(self, server_round: int, hist_pos: list[float], hist_neg: list[float]) -> None:
+        """The round's summed validation histograms of measured diameters (AAA, not AAA): the final model's
+        probability is calibrated, and its threshold chosen, on the last round's."""
+        self._histograms[server_round] = (list(hist_pos), list(hist_neg))
+
+    def calibration(self) -> tuple[Calibration, float]:
+        """Platt scaling and the threshold for :data:`TARGET_SENSITIVITY`, from the last round's validation
+        histograms (the default calibration at 30 mm when there are none)."""
+        if not self._histograms:
+            cal = Calibration()
+            return cal, float(cal.probability(AAA_THRESHOLD_MM))
+        pos, neg = self._histograms[max(self._histograms)]
+        cal = fit_platt(pos, neg)
+        return cal, threshold_for_sensitivity(pos, neg, cal, TARGET_SENSITIVITY)
+
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower's ``evaluate_fn``: called before round 1 (round 0) and after every round."""
         r = self._rounds.setdefault(server_round, _Round())
@@ -158,8 +176,23 @@ class FederationRecorder:
         if not self.trained_rounds:
             raise RuntimeError("no hospital returned a model update in any round; see the node logs")
         history = self.history
-        summary = history[-1] if history else {}
-        meta = ModelMeta(arch=self.arch, preprocess=PREPROCESS, round=rounds, summary=summary)
+        summary = dict(history[-1]) if history else {}
+        cal, threshold = self.calibration()
+        summary |= {
+            "threshold_diameter_mm": round(cal.diameter_at(threshold), 2),
+            "target_sensitivity": TARGET_SENSITIVITY,
+        }
+        meta = ModelMeta(
+            arch=self.arch, preprocess=PREPROCESS, round=rounds, summary=summary, calibration=cal, threshold=threshold
+        )
+        log.info(
+            "calibrated on %d validation studies: P(AAA) = sigmoid(%.3f/mm x (d - %.1f mm)); threshold %.3f (%.1f mm)",
+            cal.fitted_on,
+            cal.slope_per_mm,
+            cal.center_mm,
+            threshold,
+            cal.diameter_at(threshold),
+        )
         return write_model_file(self.output_dir / "global_model.safetensors", arrays.to_torch_state_dict(), meta)
 
     def _entry(self, server_round: int) -> dict[str, Any]:
@@ -201,15 +234,27 @@ class RecordingStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        arrays, metrics = super().aggregate_train(server_round, self._readable(server_round, replies, "train"))
+        readable = self._readable(server_round, replies, "train")
+        # A hospital without aorta labels trains nothing (0 examples): its unchanged weights stay out of the
+        # average, and a round in which no hospital trained keeps the current model.
+        trained = [m for m in readable if m.has_error() or int(m.content[METRICS_RECORD].get("num-examples", 0)) > 0]
+        if readable and not trained:
+            log.warning("round %d: no hospital trained (no aorta labels): the model is unchanged", server_round)
+            return None, None
+        arrays, metrics = super().aggregate_train(server_round, trained)
         if metrics is not None:
             self.recorder.record(server_round, "train", dict(metrics))
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        metrics = super().aggregate_evaluate(server_round, self._readable(server_round, replies, "evaluate"))
+        readable = self._readable(server_round, replies, "evaluate")
+        metrics = super().aggregate_evaluate(server_round, readable)
         if metrics is None:
             return None
+        ok = [dict(m.content[METRICS_RECORD]) for m in readable if not m.has_error()]
+        total = sum_stats({k: v for k, v in m.items() if k in ("hist-pos", "hist-neg")} for m in ok)
+        if "hist-pos" in total and "hist-neg" in total:
+            self.recorder.keep_histograms(server_round, total["hist-pos"], total["hist-neg"])
         self.recorder.record(server_round, "evaluate", dict(metrics))
         return MetricRecord(_finite(metrics))  # Flower's own summary; the history keeps NaN as null
 

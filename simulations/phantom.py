@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +43,9 @@ KINDS = ("normal", "ectatic", "aneurysm")
 DIAMETER_RANGE_MM = {"normal": (16.0, 24.0), "ectatic": (25.0, 29.0), "aneurysm": (30.0, 80.0)}
 DEFAULT_SPACING_MM = (0.8, 0.8, 2.5)
 DEFAULT_MATRIX = 448
-REAL_CT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct"
+REAL_CT_DIR = Path(
+    os.environ.get("FEDAAA_REAL_CT") or Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct"
+)
 AORTA_LABEL = 52  # TotalSegmentator's aorta in example_seg.nii.gz
 
 Point3 = Sequence[float] | np.ndarray  # a world position or size (x, y, z), mm

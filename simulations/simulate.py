@@ -15,13 +15,14 @@ from rich.progress import Progress
 from rich.table import Table
 
 from fedaaa.common.cache import InputCache
+from fedaaa.common.calibration import expected_calibration_error, reliability
 from fedaaa.common.config import PREPROCESS, RunSettings
 from fedaaa.common.errors import ConfigError
 from fedaaa.common.metrics import evaluation_stats, summarize
 from fedaaa.common.model import load_model
 from fedaaa.common.progress import progress_bar
 from fedaaa.common.site import Site
-from fedaaa.common.training import pick_device, predict_dataset
+from fedaaa.common.training import pick_device, predict_set
 from fedaaa.simulations.defaults import DEFAULT_MATRIX, DEFAULT_SEED, DEFAULT_SITES, DEFAULT_STUDIES_PER_SITE
 from fedaaa.simulations.federation import run_local_federation
 from fedaaa.simulations.synth import default_sites, write_federation
@@ -58,25 +59,41 @@ def prepare_inputs(sites: list[Path], cache: InputCache, console: Console) -> No
                 console.print(f"[yellow]{site_path.name}: skipping {study.study_id}: {p.error}")
 
 
-def test_global_model(model_path: Path, sites: list[Path], cache: InputCache) -> dict:
-    """Exact metrics of the final model on the test splits, which no round trained or validated on."""
+def test_global_model(model_path: Path, sites: list[Path], cache: InputCache) -> tuple[dict, dict]:
+    """Exact metrics of the final model on the test splits, which no round trained or validated on; and the
+    per-study arrays behind them (kept on the researcher's machine, for the plots)."""
     mf = load_model(model_path)
     device = pick_device()
-    probs, diams, labels, truths = [], [], [], []
+    measured, labels, truths, dice = [], [], [], []
     for site in sites:
         split = Site(site).load("test", mf.preprocess, cache)
         if split.data is None:
             continue
-        p, d = predict_dataset(mf.model, split.data, device)
-        _, aaa, dt = split.data.tensors
-        probs.append(p), diams.append(d), labels.append(aaa.numpy()), truths.append(dt.numpy())
-    if not probs:
+        rows = predict_set(mf.model, split.data, device)
+        measured += [r["diameter"] for r in rows]
+        dice += [(r["inter"], r["pred"], r["true"]) for r in rows if "inter" in r]
+        labels += split.data.aaa
+        truths += split.data.diameters
+    if not measured:
         raise ConfigError("no usable test studies in any site: nothing to test the global model on")
-    prob, diam, aaa, dtrue = (np.concatenate(v) for v in (probs, diams, labels, truths))
-    metrics = summarize(evaluation_stats(prob, diam, aaa, dtrue, mf.threshold))
+    d, aaa, dtrue = np.array(measured, dtype=float), np.array(labels, dtype=int), np.array(truths, dtype=float)
+    prob = np.where(np.isfinite(d), mf.calibration.probability(np.nan_to_num(d, nan=0.0)), 0.0)
+    cut = mf.calibration.diameter_at(mf.threshold)
+    metrics: dict = dict(summarize(evaluation_stats(d, aaa, dtrue, dice, cut_mm=cut)))
     metrics["auroc"] = float(compute_roc_auc(torch.from_numpy(prob), torch.from_numpy(aaa.astype(np.int64))))
-    metrics["n_aaa"] = int(aaa.sum())
-    return metrics
+    known = np.isfinite(d) & np.isfinite(dtrue)
+    err = d[known] - dtrue[known]
+    sd = float(err.std(ddof=1)) if len(err) > 1 else math.nan
+    metrics |= {
+        "n_aaa": int(aaa.sum()),
+        "threshold": mf.threshold,
+        "threshold_diameter_mm": round(cut, 2),
+        "loa_low_mm": metrics["diameter_bias_mm"] - 1.96 * sd,
+        "loa_high_mm": metrics["diameter_bias_mm"] + 1.96 * sd,
+        "ece": expected_calibration_error(prob, aaa),
+        "calibration": {"slope_per_mm": mf.calibration.slope_per_mm, "center_mm": mf.calibration.center_mm},
+    }
+    return metrics, {"measured": d, "truth": dtrue, "aaa": aaa, "prob": prob}
 
 
 def plot_learning_curve(history: dict, test: dict, path: Path) -> Path:
@@ -88,13 +105,12 @@ def plot_learning_curve(history: dict, test: dict, path: Path) -> Path:
     rounds = [r for r in history["rounds"] if r["round"] > 0]
     x = [r["round"] for r in rounds]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(x, [r.get("train_loss") for r in rounds], "o-", label="train loss (mean over sites)")
-    ax1.plot(x, [r.get("val_bce") for r in rounds], "s-", label="validation BCE")
+    ax1.plot(x, [r.get("train_loss") for r in rounds], "o-", label="train loss (Dice + CE, mean over sites)")
     ax1b = ax1.twinx()
-    ax1b.plot(x, [r.get("val_auroc") for r in rounds], "^-", color="tab:green", label="validation AUROC")
-    ax1b.set_ylim(0.4, 1.01)
-    ax1b.axhline(test["auroc"], color="tab:green", ls=":", label=f"test AUROC {test['auroc']:.3f}")
-    ax1.set(xlabel="round", ylabel="loss", title="Detection")
+    ax1b.plot(x, [r.get("val_dice") for r in rounds], "^-", color="tab:green", label="validation Dice")
+    ax1b.plot(x, [r.get("val_auroc") for r in rounds], "s-", color="tab:purple", label="validation AUROC")
+    ax1b.set_ylim(0.0, 1.02)
+    ax1.set(xlabel="round", ylabel="loss", title="Segmentation and detection")
     ax1.legend(loc="upper left", fontsize=8), ax1b.legend(loc="lower right", fontsize=8)
     ax2.plot(x, [r.get("val_diameter_mae_mm") for r in rounds], "o-", label="validation MAE")
     ax2.axhline(test["diameter_mae_mm"], ls=":", color="k", label=f"test MAE {test['diameter_mae_mm']:.2f} mm")
@@ -106,9 +122,58 @@ def plot_learning_curve(history: dict, test: dict, path: Path) -> Path:
     return path
 
 
+def plot_test(arrays: dict, test: dict, path: Path) -> Path:
+    """Bland-Altman plot of the measured against the reference diameters, and the reliability diagram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d, t, aaa, prob = arrays["measured"], arrays["truth"], arrays["aaa"], arrays["prob"]
+    ok = np.isfinite(d) & np.isfinite(t)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    mean, diff = (d[ok] + t[ok]) / 2, d[ok] - t[ok]
+    ax1.scatter(mean, diff, c=np.where(aaa[ok] == 1, "tab:red", "tab:blue"), s=18)
+    for y, style, name in (
+        (test["diameter_bias_mm"], "-", "bias"),
+        (test["loa_low_mm"], "--", "95% limits"),
+        (test["loa_high_mm"], "--", None),
+    ):
+        ax1.axhline(y, ls=style, color="k", lw=1, label=name and f"{name} {y:+.2f} mm")
+    ax1.set(
+        xlabel="mean of measured and reference diameter (mm)",
+        ylabel="measured - reference (mm)",
+        title=f"Bland-Altman, test (n={int(ok.sum())}; red AAA)",
+    )
+    ax1.legend(fontsize=8)
+    mean_p, frac, counts = reliability(prob, aaa)
+    keep = counts > 0
+    ax2.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    ax2.plot(mean_p[keep], frac[keep], "o-", label=f"model (ECE {test['ece']:.3f})")
+    for mp, fr, c in zip(mean_p[keep], frac[keep], counts[keep]):
+        ax2.annotate(str(int(c)), (mp, fr), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax2.set(xlabel="predicted AAA probability", ylabel="observed AAA fraction", title="Reliability (test)")
+    ax2.set_xlim(0, 1), ax2.set_ylim(-0.02, 1.02)
+    ax2.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def round_table(history: dict) -> Table:
     table = Table(title="Federated rounds (validation splits, aggregated across hospitals)")
-    for col in ("round", "sites", "train loss", "val AUROC", "val sens", "val spec", "val MAE mm", "elapsed s"):
+    for col in (
+        "round",
+        "sites",
+        "train loss",
+        "val Dice",
+        "val AUROC",
+        "val sens",
+        "val spec",
+        "val MAE mm",
+        "elapsed s",
+    ):
         table.add_column(col, justify="right")
 
     def fmt(v: float | None, spec: str = ".3f") -> str:
@@ -121,6 +186,7 @@ def round_table(history: dict) -> Table:
             str(r["round"]),
             str(r.get("train_sites", "-")),
             fmt(r.get("train_loss"), ".4f"),
+            fmt(r.get("val_dice")),
             fmt(r.get("val_auroc")),
             fmt(r.get("val_sensitivity"), ".2f"),
             fmt(r.get("val_specificity"), ".2f"),
@@ -152,7 +218,8 @@ def simulate(plan: SimulationPlan, settings: RunSettings, console: Console | Non
     console.print(round_table(history))
 
     model_path = plan.output_dir / "global_model.safetensors"
-    test = test_global_model(model_path, sites, cache)
+    test, arrays = test_global_model(model_path, sites, cache)
     (plan.output_dir / "test_metrics.json").write_text(json.dumps(test, indent=2))
     plot_learning_curve(history, test, plan.output_dir / "learning_curve.png")
+    plot_test(arrays, test, plan.output_dir / "test_agreement.png")
     return test

@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedaaa.client import app as client_app
 from fedaaa.common.config import RunSettings
-from fedaaa.common.model import AAANet, load_model
+from fedaaa.common.model import AortaNet, load_model
 from fedaaa.simulations.federation import run_local_federation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def _context(site: Path, cache: Path) -> Context:
 
 
 def test_client_sends_only_weights_and_whitelisted_scalars(tiny_federation, cache_dir):
-    model = AAANet()
+    model = AortaNet()
     content = RecordDict(
         {"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1, "learning-rate": 1e-3})}
     )
@@ -97,7 +97,7 @@ def test_client_skips_a_broken_study_and_trains_on(tiny_federation, tmp_path):
         f.write_bytes(b"garbage")
     client_app._LOADED.clear()
     msg = Message(
-        content=RecordDict({"arrays": ArrayRecord(AAANet().state_dict()), "config": ConfigRecord({"server-round": 1})}),
+        content=RecordDict({"arrays": ArrayRecord(AortaNet().state_dict()), "config": ConfigRecord({"server-round": 1})}),
         dst_node_id=7,
         message_type="train",
     )

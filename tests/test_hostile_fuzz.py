@@ -34,7 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from fedaaa.common.model import AAANet, ModelFile, save_model
+from fedaaa.common.model import AortaNet, ModelFile, save_model
 from fedaaa.common.settings import PreprocessSettings
 from fedaaa.simulations.synth import write_site
 from tests.conftest import small_site
@@ -83,7 +83,7 @@ def base(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fuzz-base")
     site = write_site(root, small_site("fz", 1, seed=5, matrix=64))
     torch.manual_seed(0)
-    model = save_model(root / "model.safetensors", ModelFile(AAANet(), PreprocessSettings()))
+    model = save_model(root / "model.safetensors", ModelFile(AortaNet(), PreprocessSettings()))
     hu = np.full((32, 32, 24), -1000, dtype=np.int16)
     hu[6:26, 8:24, :] = 40
     hu[14:18, 12:16, :] = 300

@@ -1,6 +1,6 @@
 """Hostile model files: every malformed, absurd or damaged file is refused in one line, nothing is built first.
 
-Each bad file starts from a valid one (``save_model`` of a fresh :class:`AAANet`) whose metadata or
+Each bad file starts from a valid one (``save_model`` of a fresh :class:`AortaNet`) whose metadata or
 tensors are rewritten with ``safetensors.torch.save_file``, or whose bytes are damaged. Every case is
 refused by :func:`load_model` with a :class:`ConfigError` naming the file once, and by ``fedaaa predict``
 with one ``error: <file>: <reason>`` line and exit code 2.
@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from fedaaa.cli import main
 from fedaaa.common.errors import ConfigError
-from fedaaa.common.model import AAANet, ModelFile, load_model, save_model
+from fedaaa.common.model import AortaNet, ModelFile, load_model, save_model
 from fedaaa.common.model_file import read_model_file
 from fedaaa.common.settings import ArchSettings, PreprocessSettings
 
@@ -51,16 +51,18 @@ METADATA_CASES = {
     "arch-null": {"architecture": "null"},
     "arch-number": {"architecture": "7"},
     "arch-not-json": {"architecture": "{channels: [8]"},
-    "arch-missing-key": {"architecture": _without(ARCH, "hidden")},
+    "arch-missing-key": {"architecture": _without(ARCH, "patch_size")},
     "arch-unknown-key": {"architecture": _arch(kernel=5)},
     "arch-missing": {"architecture": None},
     "arch-empty-object": {"architecture": "{}"},
     # architecture values: types and ranges
-    "groups-zero": {"architecture": _arch(groups=0)},
-    "groups-negative": {"architecture": _arch(groups=-4)},
-    "groups-string": {"architecture": _arch(groups="4")},
-    "groups-float": {"architecture": _arch(groups=4.5)},
-    "groups-not-dividing": {"architecture": _arch(channels=[6, 16, 32, 64], groups=4)},
+    "res-units-negative": {"architecture": _arch(res_units=-1)},
+    "res-units-huge": {"architecture": _arch(res_units=1000)},
+    "res-units-string": {"architecture": _arch(res_units="1")},
+    "res-units-float": {"architecture": _arch(res_units=1.5)},
+    "patch-not-dividing": {"architecture": _arch(patch_size=[81, 80, 32])},
+    "patch-two-values": {"architecture": _arch(patch_size=[80, 80])},
+    "patch-huge": {"architecture": _arch(patch_size=[4096, 80, 32])},
     "channels-empty": {"architecture": _arch(channels=[])},
     "channels-number": {"architecture": _arch(channels=8)},
     "channels-huge": {"architecture": _arch(channels=[8, 16, 512, 65536])},
@@ -69,10 +71,8 @@ METADATA_CASES = {
     "channels-float": {"architecture": _arch(channels=[8.0, 16, 32, 64])},
     "channels-bool": {"architecture": _arch(channels=[True, 16])},
     "channels-too-many-stages": {"architecture": _arch(channels=[8] * 40)},
-    "too-many-weights": {"architecture": _arch(channels=[512] * 8, hidden=4096)},
-    "hidden-zero": {"architecture": _arch(hidden=0)},
-    "hidden-huge": {"architecture": _arch(hidden=10**9)},
-    "hidden-null": {"architecture": _arch(hidden=None)},
+    "too-many-weights": {"architecture": _arch(channels=[512] * 8, patch_size=[128, 128, 128])},
+    "patch-null": {"architecture": _arch(patch_size=None)},
     "dropout-one": {"architecture": _arch(dropout=1.0)},
     "dropout-negative": {"architecture": _arch(dropout=-0.5)},
     "dropout-nan": {"architecture": _arch(dropout=math.nan)},
@@ -98,7 +98,7 @@ METADATA_CASES = {
     "roi-giant-dim": {"preprocess": _pre(roi_size=[64, 64, 10**9])},
     "roi-zero": {"preprocess": _pre(roi_size=[0, 64, 48])},
     "roi-float": {"preprocess": _pre(roi_size=[64.5, 64, 48])},
-    "roi-too-small-for-pooling": {"preprocess": _pre(roi_size=[8, 8, 8]), "architecture": _arch(channels=[8] * 6)},
+    "patch-too-small-for-pooling": {"architecture": _arch(channels=[8] * 6, patch_size=[8, 8, 8])},
     "window-reversed": {"preprocess": _pre(hu_window=[450.0, -150.0])},
     "window-nan": {"preprocess": _pre(hu_window=[math.nan, 450.0])},
     "window-huge": {"preprocess": _pre(hu_window=[-1e30, 450.0])},
@@ -140,7 +140,7 @@ def valid(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor], dict[str, st
     torch.manual_seed(0)
     path = save_model(
         tmp_path_factory.mktemp("model") / "valid.safetensors",
-        ModelFile(AAANet(), PreprocessSettings(), threshold=0.4, round=3, summary={"val_auroc": math.nan}),
+        ModelFile(AortaNet(), PreprocessSettings(), threshold=0.4, round=3, summary={"val_auroc": math.nan}),
     )
     from safetensors import safe_open
 
@@ -216,26 +216,28 @@ def test_malformed_metadata_is_refused_in_one_line(case, valid, study, tmp_path,
 
 
 def _state_cases(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    first = "features.0.conv.weight"
+    first = "unet.model.0.conv.unit0.conv.weight"
+    last = list(state)[-1]  # the output convolution's bias
+    second = "unet.model.1.submodule.0.conv.unit0.conv.weight"
     nan, inf = dict(state), dict(state)
     nan[first] = state[first].clone()
     nan[first][0, 0, 0, 0, 0] = math.nan
-    inf["aaa_head.bias"] = torch.tensor([math.inf])
+    inf[last] = torch.full_like(state[last], math.inf)
     return {
         "weights-nan": nan,
         "weights-inf": inf,
         "weights-wrong-shape": {**state, first: torch.zeros(8, 1, 5, 5, 5)},
-        "weights-transposed": {**state, "trunk.0.weight": state["trunk.0.weight"].T.contiguous()},
-        "weights-missing": {k: v for k, v in state.items() if k != "aaa_head.bias"},
+        "weights-transposed": {**state, second: state[second].transpose(0, 1).contiguous()},
+        "weights-missing": {k: v for k, v in state.items() if k != last},
         "weights-extra": {**state, "backdoor.weight": torch.zeros(3)},
-        "weights-renamed": {k.replace("features", "layers"): v for k, v in state.items()},
+        "weights-renamed": {k.replace("unet", "layers"): v for k, v in state.items()},
         "weights-int": {**state, first: torch.zeros(8, 1, 3, 3, 3, dtype=torch.int32)},
-        "weights-bool": {**state, "aaa_head.bias": torch.zeros(1, dtype=torch.bool)},
+        "weights-bool": {**state, last: torch.zeros(1, dtype=torch.bool)},
         "weights-none": {},
     }
 
 
-STATE_CASES = sorted(_state_cases(AAANet().state_dict()))
+STATE_CASES = sorted(_state_cases(AortaNet().state_dict()))
 
 
 @pytest.mark.parametrize("case", STATE_CASES)
@@ -310,7 +312,7 @@ HUGE_CHANNELS_SCRIPT = textwrap.dedent(
     resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
     from safetensors.torch import save_file
     from fedaaa.common.errors import ConfigError
-    from fedaaa.common.model import AAANet, load_model
+    from fedaaa.common.model import AortaNet, load_model
     from fedaaa.common.model_file import FORMAT
     from fedaaa.common.settings import ArchSettings, PreprocessSettings
 
@@ -320,7 +322,7 @@ HUGE_CHANNELS_SCRIPT = textwrap.dedent(
         "architecture": json.dumps({**json.loads(ArchSettings().to_json()), "channels": json.loads(sys.argv[2])}),
         "threshold": "0.5", "round": "0", "summary": "{}",
     }
-    save_file(AAANet().state_dict(), path, metadata=meta)
+    save_file(AortaNet().state_dict(), path, metadata=meta)
 
     def peak_kb():  # VmHWM: this process image's own peak (ru_maxrss carries the parent's over fork/exec)
         return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])

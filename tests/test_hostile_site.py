@@ -212,10 +212,10 @@ def test_one_failing_study_never_ends_the_check(tmp_path, tiny_federation, share
     victim = rows[1]["path"]
     real_key = InputCache.key
 
-    def key(self, path, rehash=False):
+    def key(self, path, rehash=False, mask=None):
         if Path(path).name == Path(victim).name:
             raise RuntimeError("nobody foresaw this")
-        return real_key(self, path, rehash=rehash)
+        return real_key(self, path, rehash=rehash, mask=mask)
 
     monkeypatch.setattr(InputCache, "key", key)
     code, out, err = _check(site, shared_cache, capsys, "--json")
@@ -324,9 +324,9 @@ def test_categories_and_vendors_come_from_fixed_lists():
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     from fedaaa.common.config import PREPROCESS
-    from fedaaa.common.model import AAANet, ModelFile, save_model
+    from fedaaa.common.model import AortaNet, ModelFile, save_model
 
-    return save_model(tmp_path_factory.mktemp("model") / "untrained.safetensors", ModelFile(AAANet(), PREPROCESS))
+    return save_model(tmp_path_factory.mktemp("model") / "untrained.safetensors", ModelFile(AortaNet(), PREPROCESS))
 
 
 def test_predict_text_output_never_carries_control_sequences(tmp_path, tiny_federation, model_file, capsys):
@@ -358,14 +358,14 @@ def test_predict_answers_every_input_even_after_an_unforeseen_failure(
     studies = [str(s.path) for s in Site(tiny_federation[0]).studies[:2]]
     from fedaaa.common import predict as predict_module
 
-    real = predict_module.load_study
+    real = predict_module.load_study_input
 
-    def flaky(path, settings):
+    def flaky(path, settings, mask=None):
         if str(path) == studies[0]:
             raise RuntimeError("nobody foresaw this\nsecond line")
-        return real(path, settings)
+        return real(path, settings, mask)
 
-    monkeypatch.setattr(predict_module, "load_study", flaky)
+    monkeypatch.setattr(predict_module, "load_study_input", flaky)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     code = main(["predict", "--json", "--model", str(model_file), studies[0], str(fifo), studies[1]])

@@ -160,7 +160,8 @@ def check(folder: Path) -> CTVolume | StudyError:
     extent = np.array(vol.hu.shape) * np.array(vol.spacing)
     assert np.all(extent < 5000.0), f"accepted a volume {extent.round(1).tolist()} mm wide: {vol.info}"
     x = volume_to_input(vol, SETTINGS)
-    assert tuple(x.shape) == (1, *SETTINGS.roi_size) and bool(x.isfinite().all())
+    assert tuple(x.shape[:3]) == (1, *SETTINGS.roi_size[:2]) and 1 <= x.shape[3] <= SETTINGS.roi_size[2]
+    assert bool(x.isfinite().all())
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     return vol
 

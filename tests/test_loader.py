@@ -27,7 +27,7 @@ from fedaaa.common import cache as cache_module
 from fedaaa.common.cache import ContentIndex, InputCache
 from fedaaa.common.config import PREPROCESS
 from fedaaa.common.io import StudyInfo, read_study
-from fedaaa.common.model import AAANet, ModelFile, save_model
+from fedaaa.common.model import AortaNet, ModelFile, save_model
 from fedaaa.common.site import Site
 from fedaaa.common.site_check import check_site
 
@@ -38,7 +38,7 @@ def _dicom_files(folder: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    return save_model(tmp_path_factory.mktemp("model") / "untrained.safetensors", ModelFile(AAANet(), PREPROCESS))
+    return save_model(tmp_path_factory.mktemp("model") / "untrained.safetensors", ModelFile(AortaNet(), PREPROCESS))
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,8 @@ def test_unchanged_site_is_not_hashed_again_but_changes_and_site_check_are(tiny_
     fresh = InputCache(PREPROCESS, cache_dir)  # a new message in a new process
     second = site.load("train", PREPROCESS, fresh, workers=1)
     assert hashed == [] and fresh.decoded == 0, hashed
-    np.testing.assert_array_equal(first.data.tensors[0].numpy(), second.data.tensors[0].numpy())
+    for a, b in zip(first.data.images, second.data.images, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
     study = train[0].path
     key = InputCache(PREPROCESS, cache_dir).key(study)

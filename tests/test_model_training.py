@@ -2,32 +2,68 @@
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 from fedaaa.common.cache import InputCache
-from fedaaa.common.errors import ConfigError
+from fedaaa.common.calibration import (
+    HIST_BINS,
+    Calibration,
+    diameter_bins,
+    expected_calibration_error,
+    fit_platt,
+    threshold_for_sensitivity,
+)
+from fedaaa.common.errors import ConfigError, StudyError
 from fedaaa.common.io import read_study
 from fedaaa.common.metrics import auroc_from_histograms, evaluation_stats, sum_stats, summarize
-from fedaaa.common.model import AAANet, ModelFile, aaa_loss, load_model, save_model
-from fedaaa.common.preprocess import PreprocessSettings, volume_to_input
-from fedaaa.common.site import Site
+from fedaaa.common.model import AortaNet, ModelFile, load_model, save_model, segmentation_loss
+from fedaaa.common.preprocess import PreprocessSettings, load_study_input, preprocess_volume
+from fedaaa.common.site import Site, StudySet
 from fedaaa.common.training import TrainSettings, evaluate_local, train_local
 
 SETTINGS = PreprocessSettings()
 
 
 def test_preprocessing_gives_fixed_physical_grid(tiny_federation):
-    # Two scanners with different pixel spacing and slice thickness give the same input shape.
-    shapes = set()
+    # Two scanners with different pixel spacing and slice thickness give the same in-plane box at the same
+    # spacing, and along z the scanned range at 3 mm.
     for site in tiny_federation:
-        x = volume_to_input(read_study(Site(site).studies[0].path), SETTINGS)
-        shapes.add(tuple(x.shape))
+        volume = read_study(Site(site).studies[0].path)
+        loaded = preprocess_volume(volume, SETTINGS)
+        x = loaded.image
+        assert x.shape[1:3] == SETTINGS.roi_size[:2]
+        extent = volume.spacing[2] * (volume.hu.shape[2] - 1)
+        assert abs((x.shape[3] - 1) * SETTINGS.spacing_mm[2] - extent) <= SETTINGS.spacing_mm[2]
+        assert np.allclose(np.abs(np.diag(loaded.affine)[:3]), SETTINGS.spacing_mm)
         assert x.dtype == torch.float32 and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
-    assert shapes == {(1, *SETTINGS.roi_size)}
+
+
+def test_label_follows_the_image(tiny_federation, tmp_path):
+    # The label goes through the same resampling and crop as the image; a label on another grid is
+    # refused for that study's label only, in one sentence naming the label file.
+    site = Site(tiny_federation[0])
+    study = site.masked()[0]
+    loaded = load_study_input(study.path, SETTINGS, study.mask)
+    assert loaded.label is not None and loaded.label.shape == loaded.image.shape
+    inside = loaded.image[loaded.label > 0]
+    assert 0.2 < float(inside.mean()) < 1.0  # the aorta is soft tissue or contrast, not air or fat
+    assert 0 < float(loaded.label.mean()) < 0.05
+    img = nib.load(study.mask)
+    bad = tmp_path / "bad.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, :-1], img.affine), bad)
+    with pytest.raises(StudyError, match="does not match") as err:
+        load_study_input(study.path, SETTINGS, bad)
+    assert Path(err.value.source).name == "bad.nii.gz"
+    cache = InputCache(SETTINGS, tmp_path / "cache")
+    key, outcome = cache.prepare(study.path, mask=bad)
+    assert outcome.error is None and not outcome.label and "does not match" in outcome.label_error
+    key2, outcome2 = cache.prepare(study.path, mask=study.mask)
+    assert key2 != key and outcome2.label and torch.equal(cache.label(key2), loaded.label)
 
 
 def test_cache_hit_skips_decoding_and_settings_change_the_key(tiny_federation, tmp_path):
@@ -44,27 +80,29 @@ def test_cache_hit_skips_decoding_and_settings_change_the_key(tiny_federation, t
 
 def test_network_outputs_and_loss():
     torch.manual_seed(0)
-    model = AAANet()
-    x = torch.rand(3, 1, *SETTINGS.roi_size)
-    logit, diameter = model(x)
-    assert logit.shape == (3,) and diameter.shape == (3,)
-    assert torch.all(diameter > 0)  # centred on 30 mm at initialisation
-    aaa = torch.tensor([1, 0, 1])
-    known = aaa_loss(logit, diameter, aaa, torch.tensor([50.0, 18.0, 40.0]))
-    unknown = aaa_loss(logit, diameter, aaa, torch.tensor([math.nan] * 3))
-    assert torch.isfinite(known) and torch.isfinite(unknown) and known > unknown  # NaN diameters drop out
-    known.backward()
+    model = AortaNet()
+    x = torch.rand(2, 1, *model.arch.patch_size)
+    logits = model(x)
+    assert logits.shape == x.shape
+    y = (torch.rand_like(x) > 0.9).float()
+    loss = segmentation_loss()(logits, y)
+    assert torch.isfinite(loss)
+    loss.backward()
     assert all(p.grad is not None for p in model.parameters())
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert not any(getattr(m, "inplace", False) for m in model.modules())
 
 
 def test_model_file_round_trip(tmp_path):
-    model = AAANet()
+    model = AortaNet()
+    cal = Calibration(0.9, 29.0, 40)
     path = save_model(
-        tmp_path / "m.safetensors", ModelFile(model, SETTINGS, threshold=0.4, round=3, summary={"val_auroc": 0.9})
+        tmp_path / "m.safetensors",
+        ModelFile(model, SETTINGS, threshold=0.4, round=3, summary={"val_auroc": 0.9}, calibration=cal),
     )
     mf = load_model(path)
     assert mf.round == 3 and mf.threshold == 0.4 and mf.preprocess == SETTINGS and mf.summary["val_auroc"] == 0.9
+    assert mf.calibration == cal
     for k, v in model.state_dict().items():
         assert torch.equal(v, mf.model.state_dict()[k])
     (tmp_path / "bad.safetensors").write_bytes(b"not a model")
@@ -76,37 +114,74 @@ def test_model_file_round_trip(tmp_path):
 def test_local_training_measurably_learns(tiny_federation, cache_dir):
     site = Site(tiny_federation[0])
     data = site.load("train", SETTINGS, InputCache(SETTINGS, cache_dir)).data
-    # All studies of both splits: more examples, still seconds.
-    val = site.load("val", SETTINGS, InputCache(SETTINGS, cache_dir)).data
-    data = torch.utils.data.TensorDataset(*[torch.cat([a, b]) for a, b in zip(data.tensors, val.tensors)])
+    assert data.masked
     torch.manual_seed(0)
-    model = AAANet()
+    model = AortaNet()
     device = torch.device("cpu")
     before = summarize(evaluate_local(model, data, device))
-    out = train_local(model, data, TrainSettings(local_epochs=30, batch_size=4, learning_rate=1e-3), device)
+    out = train_local(model, data, TrainSettings(local_epochs=8, batch_size=4, learning_rate=3e-3), device)
     after = summarize(evaluate_local(model, data, device))
-    assert out["num-examples"] == len(data)
-    assert after["bce"] < 0.8 * before["bce"]
-    assert after["diameter_mae_mm"] < 0.7 * before["diameter_mae_mm"]
+    assert out["num-examples"] == len(data.masked)
+    assert after["dice"] > max(0.3, before["dice"] + 0.2)
+
+
+def test_site_without_labels_trains_nothing(tiny_federation, cache_dir):
+    site = Site(tiny_federation[0])
+    data = site.load("train", SETTINGS, InputCache(SETTINGS, cache_dir)).data
+    unlabelled = StudySet(data.spacing_mm, data.images, [None] * len(data), data.aaa, data.diameters)
+    model = AortaNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = train_local(model, unlabelled, TrainSettings(local_epochs=1), torch.device("cpu"))
+    assert out["num-examples"] == 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_calibration_and_threshold_from_histograms():
+    rng = np.random.default_rng(0)
+    d_neg, d_pos = rng.normal(20, 3, 300), rng.normal(45, 10, 200).clip(29, None)
+    hist_pos = np.bincount(diameter_bins(d_pos), minlength=HIST_BINS)
+    hist_neg = np.bincount(diameter_bins(d_neg), minlength=HIST_BINS)
+    cal = fit_platt(hist_pos, hist_neg)
+    assert 20 < cal.center_mm < 32 and cal.slope_per_mm > 0.3 and cal.fitted_on == 500
+    t = threshold_for_sensitivity(hist_pos, hist_neg, cal, 0.97)
+    cut = cal.diameter_at(t)
+    assert (d_pos >= cut).mean() >= 0.97 and (d_neg < cut).mean() > 0.9
+    # Separable classes give a finite slope, and no class at all the default.
+    sep = fit_platt(
+        np.bincount(diameter_bins([40.0] * 5), minlength=HIST_BINS),
+        np.bincount(diameter_bins([20.0] * 5), minlength=HIST_BINS),
+    )
+    assert np.isfinite(sep.slope_per_mm) and 20 < sep.center_mm < 40
+    assert fit_platt([0] * HIST_BINS, hist_neg) == Calibration(fitted_on=300)
+    prob = cal.probability(np.concatenate([d_pos, d_neg]))
+    truth = np.concatenate([np.ones(200), np.zeros(300)])
+    assert expected_calibration_error(prob, truth) < 0.1
+    assert expected_calibration_error(np.full(500, 0.9), truth) > 0.4
+    with pytest.raises(ValueError):
+        Calibration.from_json('{"slope_per_mm": -1, "center_mm": 30, "fitted_on": 0}')
 
 
 def test_statistics_add_up_and_give_auroc():
     rng = np.random.default_rng(0)
     aaa = rng.integers(0, 2, 200)
-    prob = np.clip(0.5 * aaa + rng.uniform(0, 0.5, 200), 0, 1)
     d_true = np.where(aaa == 1, 45.0, 18.0)
-    s = evaluation_stats(prob, d_true + 2.0, aaa, d_true)
+    measured = d_true + 2.0
+    measured[:5] = np.nan  # not measurable: no diameter, not called AAA
+    dice = [(80, 100, 100)] * 10
+    s = evaluation_stats(measured, aaa, d_true, dice)
     halves = sum_stats(
         [
-            evaluation_stats(prob[:90], d_true[:90] + 2.0, aaa[:90], d_true[:90]),
-            evaluation_stats(prob[90:], d_true[90:] + 2.0, aaa[90:], d_true[90:]),
+            evaluation_stats(measured[:90], aaa[:90], d_true[:90], dice[:4]),
+            evaluation_stats(measured[90:], aaa[90:], d_true[90:], dice[4:]),
         ]
     )
     for k, v in s.items():
         assert halves[k] == (pytest.approx(v) if isinstance(v, float) else v)
     m = summarize(s)
-    assert m["diameter_mae_mm"] == pytest.approx(2.0)
-    assert m["auroc"] == pytest.approx(1.0, abs=0.02)
+    assert m["diameter_mae_mm"] == pytest.approx(2.0) and m["diameter_bias_mm"] == pytest.approx(2.0)
+    assert m["unmeasured"] == 5 and m["dice"] == pytest.approx(0.8)
+    assert m["auroc"] == pytest.approx(1.0, abs=0.03)
+    assert s["fn"] == int(aaa[:5].sum()) and s["tn"] == int((aaa[5:] == 0).sum()) + int((aaa[:5] == 0).sum())
     assert auroc_from_histograms([0, 5], [5, 0]) == 1.0 and auroc_from_histograms([5, 0], [0, 5]) == 0.0
     assert auroc_from_histograms([3, 3], [3, 3]) == pytest.approx(0.5)
-    assert not any(isinstance(v, list) and len(v) == len(prob) for v in s.values())  # no per-study values
+    assert not any(isinstance(v, list) and len(v) == len(measured) for v in s.values())  # no per-study values

@@ -60,14 +60,19 @@ def _val_data(node: int, server_round: int) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(1000 * server_round + node)
     n = 6 + node % 3
     aaa = (np.arange(n) % 2).astype(float)
-    prob = np.clip(0.3 * aaa + rng.uniform(0.1, 0.7, n), 0, 1)
     d_true = np.where(aaa > 0, 45.0, 20.0) + rng.normal(0, 2, n)
+    measured = d_true + rng.normal(0, 3, n)
     d_true[0] = np.nan  # one study without a reference diameter
-    return prob, d_true + rng.normal(0, 3, n), aaa, d_true
+    measured[1] = np.nan  # one aorta not measurable
+    return measured, aaa, d_true
+
+
+def _dice(node: int, server_round: int) -> list[tuple[int, int, int]]:
+    return [(5 + node % 3, 10, 12 + server_round)]  # one labelled study: Dice overlap counts
 
 
 def _val_stats(node: int, server_round: int) -> dict:
-    return dict(evaluation_stats(*_val_data(node, server_round))) | {"skipped-studies": 1}
+    return dict(evaluation_stats(*_val_data(node, server_round), _dice(node, server_round))) | {"skipped-studies": 1}
 
 
 def _instruction(node: int, stage: str) -> Message:
@@ -121,7 +126,8 @@ def _expected(server_round: int) -> dict:
     train = [_train_metrics(n, server_round) for n in nodes]
     examples = sum(m["num-examples"] for m in train)
     pooled = [np.concatenate(parts) for parts in zip(*(_val_data(n, server_round) for n in nodes))]
-    val = summarize(evaluation_stats(*pooled))  # as if one hospital held every validation study
+    dice = [c for n in nodes for c in _dice(n, server_round)]
+    val = summarize(evaluation_stats(*pooled, dice))  # as if one hospital held every validation study
     return {
         "round": server_round,
         "train_loss": sum(m["train-loss"] * m["num-examples"] for m in train) / examples,
@@ -176,6 +182,9 @@ def _rounds_without_time(history_file: Path) -> list[dict]:
 def _assert_entry(entry: dict, expected: dict) -> None:
     assert set(entry) == set(expected)
     for key, value in expected.items():
+        if isinstance(value, float) and math.isnan(value):  # undefined (Dice without labels): null in JSON
+            assert entry[key] is None or math.isnan(entry[key]), key
+            continue
         assert entry[key] == pytest.approx(value, rel=1e-9), key
 
 
@@ -294,7 +303,7 @@ def test_undefined_metrics_are_null_in_history(tmp_path):
     """One class only in validation: AUROC is undefined; history.json says null (it is strict JSON)."""
     recorder = _recorder(tmp_path)
     strategy = server.make_strategy(recorder.settings, recorder)
-    stats = dict(evaluation_stats(np.array([0.2, 0.4]), np.array([20.0, 22.0]), np.zeros(2), np.array([21.0, 21.0])))
+    stats = dict(evaluation_stats(np.array([20.0, 22.0]), np.zeros(2), np.array([21.0, 21.0])))
     replies = [
         Message(RecordDict({"metrics": MetricRecord(stats)}), reply_to=_instruction(n, "evaluate")) for n in NODES
     ]

@@ -20,7 +20,15 @@ import nibabel as nib
 import numpy as np
 
 from fedaaa.common.errors import StudyError, describe
-from fedaaa.common.io.volume import CTVolume, GridCheck, StudyInfo, check_budget, finish_volume, human_bytes
+from fedaaa.common.io.volume import (
+    CTVolume,
+    GridCheck,
+    StudyInfo,
+    canonical,
+    check_budget,
+    finish_volume,
+    human_bytes,
+)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Bytes a .nii.gz may inflate to beyond the header, extensions and voxel data its header declares.
@@ -185,3 +193,31 @@ def write_nifti(volume: CTVolume, path: Path) -> Path:
     img.header.set_xyzt_units("mm")
     nib.save(img, str(path))
     return path
+
+
+def read_label(path: Path, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """A study's aorta label (NIfTI, nonzero = aorta) on the study's canonical grid (``shape``, ``affine``
+    as :func:`~fedaaa.common.io.read_study` returns them), as a float32 0/1 array.
+
+    The header passes the same budgets as a study's before any voxel is read; a label on another grid
+    (shape, voxel size, orientation or position differing by more than 0.1 mm) is refused in one sentence."""
+    path = Path(path)
+    hdr = _read_header(path)
+    dims, _, inflated = _check_header(path, hdr)
+    try:
+        if inflated is None:
+            img = nib.load(str(path))
+        else:
+            image_class = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+            img = image_class.from_bytes(bytes(inflated))
+            del inflated
+        data = np.asanyarray(img.dataobj, dtype=np.float32).reshape(dims)
+        label_affine = np.asarray(img.affine, dtype=float)
+    except Exception as exc:
+        raise _cannot_read(path, exc) from exc
+    if not np.all(np.isfinite(data)) or not np.all(np.isfinite(label_affine)):
+        raise StudyError(path, "the label holds non-finite values or geometry")
+    data, label_affine = canonical(data, label_affine)
+    if tuple(data.shape) != tuple(shape) or not np.allclose(label_affine, affine, atol=0.1):
+        raise StudyError(path, f"the label's grid {' x '.join(map(str, data.shape))} does not match its study's")
+    return np.ascontiguousarray(data != 0, dtype=np.float32)

@@ -1,0 +1,235 @@
+"""Maximum aortic diameter perpendicular to the centreline, on analytic probability maps, and its report.
+
+Every map is a partial-volume rendering, prob = clip(0.5 - signed_distance / 1.5 mm, 0, 1), of a known
+shape on a 1.5 x 1.5 x 3.0 mm grid, so the true diameter is known exactly.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from fedaaa.common.measure import Measurement, measure_aorta
+from fedaaa.common.report import safe_stem, write_index, write_study_report
+
+SPACING = np.array([1.5, 1.5, 3.0])
+SHAPE = (96, 96, 60)  # 144 x 144 x 180 mm
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def grid(shape=SHAPE, spacing=SPACING):
+    """Affine (centred on the origin, RAS mm) and the world coordinates (X, Y, Z, 3) of every voxel."""
+    shape = np.array(shape)
+    origin = -(shape - 1) / 2 * spacing
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = origin
+    axes = [origin[a] + np.arange(shape[a]) * spacing[a] for a in range(3)]
+    return affine, np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+
+
+def soft(signed_distance):
+    return np.clip(0.5 - signed_distance / 1.5, 0.0, 1.0).astype(np.float32)
+
+
+def axis_of(tilt_deg):
+    t = np.radians(tilt_deg)
+    return np.array([np.sin(t), 0.0, np.cos(t)])  # tilted in the coronal plane
+
+
+def revolution(radius_of_s, tilt_deg=0.0, shape=SHAPE):
+    """A surface of revolution about a straight axis through the origin: radius_of_s(s), s along the axis."""
+    affine, p = grid(shape)
+    d = axis_of(tilt_deg)
+    s = p @ d
+    rho = np.linalg.norm(p - s[..., None] * d, axis=-1)
+    return soft(rho - radius_of_s(s)), affine
+
+
+def fusiform(s, centre=0.0):
+    """Diameter 20 mm, bulging smoothly to 55 mm at ``centre`` over 100 mm, back to 20 mm."""
+    x = np.clip((s - centre) / 50.0, -1.0, 1.0)
+    return 10.0 + 17.5 * 0.5 * (1.0 + np.cos(np.pi * x))
+
+
+def feret_ok(m: Measurement):
+    """Every section's caliper: as long as its diameter, across the plane (perpendicular to the normal)."""
+    for s in m.sections:
+        assert np.isclose(np.linalg.norm(s.ends_mm[1] - s.ends_mm[0]), s.diameter_mm, atol=1e-6)
+        assert np.isclose(np.linalg.norm(s.normal), 1.0)
+        assert abs(np.dot(s.ends_mm[1] - s.ends_mm[0], s.normal)) < 1e-6 * max(1.0, s.diameter_mm)
+
+
+@pytest.fixture(scope="module")
+def aneurysm():
+    prob, affine = revolution(fusiform, tilt_deg=20.0)
+    return prob, affine, measure_aorta(prob, affine)
+
+
+def test_straight_cylinder():
+    prob, affine = revolution(lambda s: np.full_like(s, 12.5))
+    m = measure_aorta(prob, affine)
+    assert m.found and m.measurable and m.reason == ""
+    assert abs(m.max_diameter_mm - 25.0) < 1.0
+    assert m.mask.shape == prob.shape and m.mask.dtype == bool and m.mask.any()
+    assert m.centreline_mm.shape[1] == 3 and len(m.sections) > 50
+    steps = np.linalg.norm(np.diff(m.centreline_mm, axis=0), axis=1)
+    assert steps.max() <= 2.0 + 1e-6
+    assert all(abs(s.diameter_mm - 25.0) < 1.0 for s in m.sections)
+    feret_ok(m)
+
+
+def test_tilted_cylinder_is_measured_perpendicular():
+    prob, affine = revolution(lambda s: np.full_like(s, 12.5), tilt_deg=30.0)
+    # the naive axial measurement sees the ellipse 25 x 28.9 mm
+    axial = prob[:, :, prob.shape[2] // 2] >= 0.5
+    xs = np.nonzero(axial.any(axis=1))[0]
+    assert (xs[-1] - xs[0] + 1) * SPACING[0] > 27.5
+    m = measure_aorta(prob, affine)
+    assert m.measurable
+    assert abs(m.max_diameter_mm - 25.0) < 1.0
+    angle = np.degrees(np.arccos(abs(m.max_section.normal @ axis_of(30.0))))
+    assert angle < 5.0
+    feret_ok(m)
+
+
+def test_tilted_fusiform_aneurysm(aneurysm):
+    _, _, m = aneurysm
+    assert m.measurable
+    assert abs(m.max_diameter_mm - 55.0) < 1.5
+    assert np.linalg.norm(m.max_section.centre_mm - 0.0) < 5.0  # the bulge is centred on the origin
+    diameters = np.array([s.diameter_mm for s in m.sections])
+    assert diameters.min() < 22.0  # the narrow ends are measured too
+    assert m.warnings == ()
+    feret_ok(m)
+
+
+def test_elliptical_section():
+    affine, p = grid()
+    a, b = 20.0, 15.0  # semi-axes: 40 x 30 mm
+    q = np.sqrt((p[..., 0] / a) ** 2 + (p[..., 1] / b) ** 2)
+    grad = np.sqrt((p[..., 0] / a**2) ** 2 + (p[..., 1] / b**2) ** 2) / np.maximum(q, 1e-9)
+    m = measure_aorta(soft((q - 1.0) / np.maximum(grad, 1e-9)), affine)
+    assert m.measurable
+    assert abs(m.max_diameter_mm - 40.0) < 1.0
+    ends = m.max_section.ends_mm
+    assert abs(ends[1, 0] - ends[0, 0]) > 38.0  # the caliper lies along the long (x) axis
+
+
+def test_tortuous_tube_is_not_inflated():
+    affine, p = grid()
+    z = np.arange(-120.0, 120.0, 0.25)
+    curve = np.stack([15.0 * np.sin(2 * np.pi * z / 150.0), np.zeros_like(z), z], axis=1)  # bends up to 32 degrees
+    dist, _ = cKDTree(curve).query(p.reshape(-1, 3), distance_upper_bound=20.0)
+    prob = soft(np.minimum(dist, 20.0).reshape(p.shape[:3]) - 11.0)
+    m = measure_aorta(prob, affine)
+    assert m.measurable
+    assert abs(m.max_diameter_mm - 22.0) < 1.5
+    assert max(s.diameter_mm for s in m.sections) == m.max_diameter_mm
+
+
+def test_valid_z_excludes_the_bulge(aneurysm):
+    prob, affine, whole = aneurysm
+    z = affine[2, 3] + np.arange(prob.shape[2]) * affine[2, 2]
+    valid = np.abs(z) > 45.0  # the bulge (|s| < 50 mm along a 20-degree axis) is not abdominal here
+    m = measure_aorta(prob, affine, valid_z=valid)
+    assert m.measurable
+    assert m.max_diameter_mm < whole.max_diameter_mm - 15.0
+    k = int(round((m.max_section.centre_mm[2] - affine[2, 3]) / affine[2, 2]))
+    assert valid[k]
+    assert any(not s.counted for s in m.sections)
+    assert all(s.diameter_mm <= m.max_diameter_mm for s in m.sections if s.counted)
+    none = measure_aorta(prob, affine, valid_z=np.zeros(prob.shape[2], dtype=bool))
+    assert none.found and not none.measurable and none.reason and none.max_diameter_mm is None
+
+
+def test_empty_map_is_not_found():
+    affine, _ = grid()
+    m = measure_aorta(np.zeros(SHAPE, dtype=np.float32), affine)
+    assert not m.found and not m.measurable
+    assert m.reason == "no aorta found in the scanned range"
+    assert m.max_diameter_mm is None and m.max_section is None and m.sections == ()
+    assert m.centreline_mm.shape == (0, 3) and not m.mask.any() and m.mask.shape == SHAPE
+
+
+def test_short_blob_is_too_short():
+    prob, affine = revolution(lambda s: np.where(np.abs(s) < 10.0, 10.0, -5.0))  # 20 mm long
+    m = measure_aorta(prob, affine)
+    assert m.found and not m.measurable
+    assert "too short" in m.reason and "\n" not in m.reason
+    assert m.max_diameter_mm is None and m.mask.any()
+
+
+def test_implausible_size_is_not_measurable():
+    prob, affine = revolution(lambda s: np.full_like(s, 67.5), shape=(100, 100, 24))  # 135 mm
+    m = measure_aorta(prob, affine)
+    assert m.found and not m.measurable
+    assert "implausible" in m.reason and m.max_diameter_mm is None
+
+
+def test_maximum_at_the_edge_warns():
+    # a cone widening towards the head: the maximum is at the top of the scan
+    prob, affine = revolution(lambda s: 12.0 + 0.05 * (s + 90.0))
+    m = measure_aorta(prob, affine)
+    assert m.measurable and m.max_section.centre_mm[2] > 80.0
+    assert any("edge of the scanned range" in w for w in m.warnings)
+
+
+def test_arguments_are_checked():
+    prob, affine = revolution(lambda s: np.full_like(s, 12.5), shape=(40, 40, 20))
+    rotated = affine.copy()
+    rotated[:2, :2] = [[0.0, 1.5], [1.5, 0.0]]
+    for kwargs, a in (
+        ({}, rotated),
+        ({"valid_z": np.ones(5, dtype=bool)}, affine),
+        ({"level": 1.0}, affine),
+        ({"step_mm": 5.0}, affine),
+    ):
+        with pytest.raises(ValueError):
+            measure_aorta(prob, a, **kwargs)
+    with pytest.raises(ValueError):
+        measure_aorta(prob[0], affine)
+
+
+def test_speed_on_a_typical_map():
+    prob, affine = revolution(fusiform, tilt_deg=20.0, shape=(128, 128, 100))
+    start = time.perf_counter()
+    m = measure_aorta(prob, affine)
+    elapsed = time.perf_counter() - start
+    assert m.measurable and abs(m.max_diameter_mm - 55.0) < 1.5
+    assert elapsed < 6.0  # about 0.5 s on one free core; generous for a shared machine
+
+
+def test_report_files_and_index(tmp_path, aneurysm):
+    prob, affine, m = aneurysm
+    _, p = grid()
+    image = (0.1 + 0.3 * (np.hypot(p[..., 0] / 70, p[..., 1] / 55) < 1) + 0.4 * prob).astype(np.float32)
+    hostile = "<b>x&y</b>"
+    answer = {"aaa_present": True, "aaa_probability": 0.97, "max_diameter_mm": 55.0, "warnings": ["a <warning>"]}
+    files = write_study_report(tmp_path, hostile, image, affine, prob, m, answer)
+    assert files["section"] and files["overview"]
+    blob_prob, _ = revolution(lambda s: np.where(np.abs(s) < 10.0, 10.0, -5.0))
+    short = measure_aorta(blob_prob, affine)
+    short_files = write_study_report(tmp_path, "short/one", image, affine, blob_prob, short, {"aaa_present": False})
+    assert short_files["section"] == "" and short_files["overview"]
+    for name in (files["section"], files["overview"], short_files["overview"]):
+        path = tmp_path / name
+        assert path.parent == tmp_path and path.stat().st_size > 1000
+        assert path.read_bytes()[:8] == PNG
+    index = write_index(
+        tmp_path,
+        [
+            {"name": hostile, "answer": answer, "files": files, "measurement": m},
+            {"name": "short/one", "answer": {"aaa_present": False}, "files": short_files, "measurement": short},
+        ],
+    )
+    text = index.read_text(encoding="utf-8")
+    assert index == tmp_path / "index.html"
+    assert "&lt;b&gt;x&amp;y&lt;/b&gt;" in text and hostile not in text
+    assert "a &lt;warning&gt;" in text
+    assert f"{m.max_diameter_mm:.1f} mm" in text
+    assert "not measurable: " in text and "too short" in text
+    assert files["overview"] in text and "http" not in text.replace("http-equiv", "")
+    assert safe_stem(hostile) != safe_stem("_b_x_y_b_") and "/" not in safe_stem("short/one")
