@@ -15,6 +15,12 @@ rings of it, a scanned length of 200-320 mm with the bifurcation 15-110 mm above
 that may touch the aorta (IVC, left renal vein, bowel; thin patients with little retroperitoneal fat). Only the
 aorta is ever labelled, and the truth is always its outer wall. Draws added for this come after every earlier
 draw, so the fields drawn before keep their values for a seed.
+
+So that a network learns what is not aorta, every patient also has unlabelled :class:`Distractors`, drawn after all
+of the above: the pelvis at the caudal end of the scan (iliac wings from crests near the bifurcation, sacral alae,
+in the scans reaching low enough acetabula and femoral heads; a bladder in about two patients in three), and at the
+head end the liver (right, its left lobe across the midline), the spleen (left posterolateral) and, in the scans
+reaching high enough, the lung bases (posterolateral air growing upwards, with vessels).
 """
 
 from __future__ import annotations
@@ -228,6 +234,112 @@ class RenalVein:
 
 
 @dataclass(frozen=True)
+class Pelvis:
+    """Unlabelled pelvic bones at the caudal end of the scan: iliac wings, sacral alae, acetabula, femoral heads.
+    Given for the patient's left (x > 0); the right side is its mirror image, ``shift_mm`` higher. A wing's axial cut
+    is an arc of the circle of ``wing_radius`` around ``wing_centre`` (x, y), stretched ``wing_stretch`` times along
+    y, from the anterior superior spine (angle ``wing_angles[0]``, rad) over the lateral bulge to the sacroiliac
+    joint (``wing_angles[1]``): just below the crest a short piece around ``crest_angle``, the whole arc ``flare_mm``
+    lower, then from ``notch_h`` down only its anterior part, thickening, over the acetabular roof and the femoral
+    head (``head_radius``, centre (x, y) ``head_xy`` at height ``head_h``)."""
+
+    crest_h: float  # top of the iliac crests, near the aortic bifurcation
+    flare_mm: float
+    sacrum_h: float  # the sacral alae, joining the wings, start here
+    notch_h: float  # greater sciatic notch: the wing leaves the sacrum below it
+    roof_h: float  # top of the acetabular roof
+    head_h: float
+    wing_centre: tuple[float, float]
+    wing_radius: float
+    wing_stretch: float
+    wing_angles: tuple[float, float]
+    crest_angle: float
+    wing_mm: float  # half-thickness of a wing (cortex and marrow)
+    sleeve_mm: float  # iliacus and gluteal muscle around it
+    sacrum_mm: float  # half-thickness (y) of the sacral alae
+    cortex_mm: float
+    cortex_hu: float  # 700-1000
+    marrow_hu: float
+    head_radius: float  # 20-27.5 mm: 40-55 mm across
+    head_xy: tuple[float, float]
+    shift_mm: float
+
+
+@dataclass(frozen=True)
+class Bladder:
+    """The urinary bladder: an ellipsoid of water (0-15 HU) with a thin wall, anterior midline in the pelvis."""
+
+    h: float
+    half_height: float
+    x: float
+    y: float
+    semi_x: float
+    semi_y: float
+    wall_mm: float
+    hu: float
+
+
+@dataclass(frozen=True)
+class Liver:
+    """The liver: a right lobe whose cut grows from its inferior tip (``tip_h``, centre ``tip``) to full size
+    (``right``: centre x, y and semi-axes) over ``rise_mm``, and above ``left_h`` a left lobe (``left``) reaching
+    across the midline in front of the aorta; kept ``keep_mm`` of fat from the aorta."""
+
+    tip_h: float
+    rise_mm: float
+    tip: tuple[float, float]
+    right: tuple[float, float, float, float]
+    left_h: float
+    left: tuple[float, float, float, float]
+    hu: float  # unenhanced 50-70
+    enhancement: float  # 0..1 inside the contrast phase's liver gain (scanner._LIVER_GAIN)
+    keep_mm: float
+
+
+@dataclass(frozen=True)
+class Spleen:
+    """The spleen: an ellipsoid along the left posterolateral wall, its long axis (in-plane angle ``theta``) along
+    the wall."""
+
+    h_centre: float
+    half_length: float
+    x: float
+    y: float
+    semi_major: float
+    semi_minor: float
+    theta: float
+    hu: float  # unenhanced 40-55
+    enhancement: float  # 0..1 inside the contrast phase's spleen gain (scanner._SPLEEN_GAIN)
+
+
+@dataclass(frozen=True)
+class Lungs:
+    """The lung bases (posterior costophrenic recesses): from ``base_h`` (left, right) up, an air ellipse centred on
+    the posterolateral wall at (x, y) = ``centre`` (x > 0, mirrored for the right), its semi-axes growing
+    ``growth`` mm per mm of height, inside the chest wall (``wall_mm`` inside the visceral cavity); vessels at
+    (u, v) (share of the semi-axes from the centre) of radius r."""
+
+    base_h: tuple[float, float]
+    centre: tuple[float, float]
+    growth: float
+    wall_mm: float
+    hu: float  # -950..-850
+    vessels: tuple[tuple[float, float, float], ...]
+
+
+@dataclass(frozen=True)
+class Distractors:
+    """Unlabelled organs above and below the aorta's neighbourhood, so that a network learns what is not aorta:
+    pelvic bones and bladder at the caudal end, liver, spleen and lung bases at the head end."""
+
+    pelvis: Pelvis
+    bladder: Bladder | None
+    liver: Liver
+    spleen: Spleen
+    lungs: Lungs
+
+
+@dataclass(frozen=True)
 class Anatomy:
     """One patient's abdomen as continuous functions of height ``h`` (mm; patient z = z_lo_mm + h)."""
 
@@ -247,6 +359,7 @@ class Anatomy:
     thin: bool = False  # little retroperitoneal fat: the IVC, renal vein, bowel and kidneys come close
     kidney_gap_mm: float = 10.0  # least fat between a kidney and the aorta (or the IVC)
     bowel_gap_mm: float = 15.0  # least fat between a bowel loop and any vessel (0: abutting)
+    distractors: Distractors | None = None  # unlabelled pelvis, bladder, liver, spleen, lung bases (None: none)
 
     @property
     def scan_range(self) -> tuple[float, float]:
@@ -425,6 +538,139 @@ def _draw_cava(rng: np.random.Generator, bifurcation_h: float, thin: bool) -> Ca
     )
 
 
+def _draw_pelvis(rng: np.random.Generator, body: Body, bifurcation_h: float) -> Pelvis:
+    """Iliac crests 10 mm below to 15 mm above the bifurcation, the acetabular roofs 75-100 mm below the crests
+    (in a third of the scans or so; the femoral heads' centres in about one in ten)."""
+    a_in, b_in, vr = body.inner_half_width, body.inner_half_depth, body.vertebra_radius
+    crest = bifurcation_h + rng.uniform(-10, 15)
+    roof = crest - rng.uniform(75, 100)
+    wing, sleeve, head_r = rng.uniform(2.5, 4), rng.uniform(6, 14), rng.uniform(20, 27.5)
+    # the sacroiliac joint (xp, yp) beside the vertebra, the lateral bulge inside the cavity, the anterior spine
+    # (ya) in the front half: a circle through the joint and the bulge, stretched along y to reach ya
+    xp = vr + rng.uniform(20, 30)
+    yp = min(body.vertebra_y + rng.uniform(5, 15), b_in * np.sqrt(1 - (xp / a_in) ** 2) - wing - 4)
+    xl = a_in - sleeve - wing - rng.uniform(2, 8)
+    t_p, t_a = np.radians(rng.uniform(100, 115)), np.radians(rng.uniform(-55, -35))
+    radius = (xl - xp) / (1 - np.cos(t_p))
+    ya = -rng.uniform(0.1, 0.4) * b_in
+    stretch = float(np.clip((yp - ya) / (radius * (np.sin(t_p) - np.sin(t_a))), 1.0, 2.0))
+    cx, cy = xp - radius * np.cos(t_p), yp - stretch * radius * np.sin(t_p)
+    t_f = t_a + rng.uniform(0.25, 0.4) * (t_p - t_a)  # the femoral head under the wing's anterolateral part
+    head = (cx + radius * np.cos(t_f) - rng.uniform(5, 15), cy + stretch * radius * np.sin(t_f))
+    return Pelvis(
+        crest_h=crest,
+        flare_mm=rng.uniform(25, 45),
+        sacrum_h=crest - rng.uniform(20, 40),
+        notch_h=roof + rng.uniform(25, 40),
+        roof_h=roof,
+        head_h=roof - head_r - rng.uniform(3, 6),
+        wing_centre=(float(cx), float(cy)),
+        wing_radius=float(radius),
+        wing_stretch=stretch,
+        wing_angles=(float(t_a), float(t_p)),
+        crest_angle=float(np.radians(rng.uniform(0, 30))),
+        wing_mm=wing,
+        sleeve_mm=sleeve,
+        sacrum_mm=rng.uniform(8, 12),
+        cortex_mm=rng.uniform(1.2, 2.0),
+        cortex_hu=rng.uniform(700, 1000),
+        marrow_hu=body.marrow_hu + rng.uniform(-80, 20),
+        head_radius=head_r,
+        head_xy=(float(head[0]), float(head[1])),
+        shift_mm=rng.uniform(-6, 6),
+    )
+
+
+def _draw_bladder(rng: np.random.Generator, body: Body, roof_h: float) -> Bladder | None:
+    """A bladder (water, thin wall) in 65% of patients, its centre up to 40 mm above the acetabular roofs."""
+    present = rng.random() < 0.65
+    b_in = body.inner_half_depth
+    semi_y = rng.uniform(20, 40)
+    bladder = Bladder(
+        h=roof_h + rng.uniform(0, 40),
+        half_height=rng.uniform(20, 45),
+        x=rng.uniform(-10, 10),
+        y=-b_in + semi_y + rng.uniform(5, 20),
+        semi_x=rng.uniform(25, 50),
+        semi_y=semi_y,
+        wall_mm=rng.uniform(1.5, 3),
+        hu=rng.uniform(0, 15),
+    )
+    return bladder if present else None
+
+
+def _draw_liver(rng: np.random.Generator, body: Body, top_h: float) -> Liver:
+    """The liver's tip 40-120 mm below the kidneys' upper poles, its left lobe 40-90 mm higher."""
+    a_in, b_in = body.inner_half_width, body.inner_half_depth
+    tip = top_h - rng.uniform(40, 120)
+    rx, ra = -rng.uniform(0.4, 0.55) * a_in, rng.uniform(0.42, 0.55) * a_in
+    right_y, right_b = rng.uniform(-0.15, 0.1) * b_in, rng.uniform(0.65, 0.85) * b_in
+    left_h = tip + rng.uniform(40, 90)
+    overlap, la = rng.uniform(0.5, 0.8), rng.uniform(0.3, 0.5) * a_in  # from inside the right lobe's front across
+    return Liver(
+        tip_h=tip,
+        rise_mm=rng.uniform(40, 80),
+        tip=(-rng.uniform(0.6, 0.75) * a_in, -rng.uniform(0.0, 0.4) * b_in),
+        right=(rx, right_y, ra, right_b),
+        left_h=left_h,
+        left=(rx + ra * overlap + la * 0.8, -rng.uniform(0.4, 0.55) * b_in, la, rng.uniform(0.15, 0.28) * b_in),
+        hu=rng.uniform(50, 70),
+        enhancement=rng.random(),
+        keep_mm=rng.uniform(3, 10),
+    )
+
+
+def _draw_spleen(rng: np.random.Generator, body: Body, top_h: float) -> Spleen:
+    """The spleen's lower pole 10-60 mm below the kidneys' upper poles, along the left posterolateral wall."""
+    a_in, b_in = body.inner_half_width, body.inner_half_depth
+    half = rng.uniform(50, 65)
+    x, y = a_in - rng.uniform(25, 40), body.vertebra_y - rng.uniform(5, 35)
+    return Spleen(
+        h_centre=top_h - rng.uniform(10, 60) + half,
+        half_length=half,
+        x=x,
+        y=y,
+        semi_major=rng.uniform(35, 55),
+        semi_minor=rng.uniform(15, 25),
+        theta=float(np.arctan2(x / a_in**2, -y / b_in**2) + rng.uniform(-0.2, 0.2)),  # along the wall
+        hu=rng.uniform(40, 55),
+        enhancement=rng.random(),
+    )
+
+
+def _draw_lungs(rng: np.random.Generator, body: Body, top_h: float) -> Lungs:
+    """Lung bases from 20 mm below to 30 mm above the kidneys' upper poles (so only the scans reaching high show
+    them), centred on the posterolateral wall."""
+    a_in, b_in = body.inner_half_width, body.inner_half_depth
+    base = top_h + rng.uniform(-20, 30)
+    x = rng.uniform(0.5, 0.7) * a_in
+    n = int(rng.integers(4, 11))
+    return Lungs(
+        base_h=(base, base + rng.uniform(-10, 10)),
+        centre=(x, b_in * np.sqrt(1 - (x / a_in) ** 2) - rng.uniform(0, 10)),
+        growth=rng.uniform(0.9, 1.5),
+        wall_mm=rng.uniform(3, 6),
+        hu=rng.uniform(-950, -850),
+        vessels=tuple(
+            (float(u), float(v), float(r))
+            for u, v, r in zip(rng.uniform(-0.8, 0.8, n), rng.uniform(-0.8, 0.8, n), rng.uniform(1.2, 3.0, n))
+        ),
+    )
+
+
+def _draw_distractors(rng: np.random.Generator, body: Body, top_h: float, bifurcation_h: float) -> Distractors:
+    """Pelvis and bladder, liver, spleen, lung bases (in this order)."""
+    pelvis = _draw_pelvis(rng, body, bifurcation_h)
+    bladder = _draw_bladder(rng, body, pelvis.roof_h)
+    return Distractors(
+        pelvis=pelvis,
+        bladder=bladder,
+        liver=_draw_liver(rng, body, top_h),
+        spleen=_draw_spleen(rng, body, top_h),
+        lungs=_draw_lungs(rng, body, top_h),
+    )
+
+
 def draw_patient(rng: np.random.Generator, kind: str, sex: str) -> Patient:
     """Draw one patient of ``kind`` ("normal" | "ectatic" | "aneurysm") and ``sex`` ("M" | "F") from ``rng``.
     Uses no scanner setting; the order of the draws is fixed (same seed, same patient)."""
@@ -465,6 +711,7 @@ def draw_patient(rng: np.random.Generator, kind: str, sex: str) -> Patient:
     if not has_thrombus:
         thrombus = replace(thrombus, fill=thin_fill) if kind == "ectatic" and thin_layer else None
     calcifications += _draw_more_calcifications(rng, h_bif, length, bool(calcifications))
+    distractors = _draw_distractors(rng, body, length, h_bif)  # after every draw above (they keep their values)
     aorta = Aorta(
         diameter=diameter,
         x_mm=x0,
@@ -494,5 +741,6 @@ def draw_patient(rng: np.random.Generator, kind: str, sex: str) -> Patient:
         thin=thin,
         kidney_gap_mm=kidney_gap if thin else 10.0,
         bowel_gap_mm=bowel_gap,
+        distractors=distractors,
     )
     return Patient(kind=kind, sex=sex, age=age, anatomy=anatomy)

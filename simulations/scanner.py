@@ -10,9 +10,12 @@ voxel size. HU values follow published CT attenuation of each tissue, drawn per 
 them) and by contrast phase (``_LUMEN_HU``: lumen 200-400 arterial, 130-200 portal, ~40 without contrast;
 ``_VEIN_HU``: IVC and renal vein 60-120 arterial, 120-180 portal; ``_KIDNEY_HU``).
 
-Painting order on each slice: body and spine, IVC (or the iliac veins) and left renal vein, kidneys, bowel, aorta
-(or iliac arteries: wall, thrombus, lumen) and its calcifications. The neighbours may touch the aorta (the scanner
-keeps only each anatomy's least gaps) but never overlap it.
+Painting order on each slice: body and spine, the distractors (bladder, pelvic bones in their muscle sleeves, liver,
+spleen, lung bases: :class:`_DistractorPainter`; liver 50-70 HU plus ``_LIVER_GAIN``, spleen 40-55 plus
+``_SPLEEN_GAIN``), IVC (or the iliac veins) and left renal vein, kidneys, bowel (loops reaching into a distractor
+left out), aorta (or iliac arteries: wall, thrombus, lumen) and its calcifications. The neighbours may touch the
+aorta (the scanner keeps only each anatomy's least gaps) but never overlap it; the distractors keep at least 3 mm of
+fat from its outer wall, off the vertebra, and change neither the label nor the truth.
 
 Slices are point samples along z (SliceThickness is a header value); the slice grid is anchored on the aortic
 maximum (on the head-most slice for normals), so that maximum is a slice centre under every spacing. The profile's
@@ -28,13 +31,13 @@ the iliacs below the bifurcation, the veins, bowel and kidneys are not aorta. :m
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedaaa.common.clinical import AAA_THRESHOLD_MM
-from fedaaa.simulations.anatomy import Anatomy, Aorta, Body, Patient
+from fedaaa.simulations.anatomy import Anatomy, Aorta, Body, Distractors, Patient
 from fedaaa.simulations.defaults import DEFAULT_MATRIX
 
 ORIENTATIONS = ("standard", "flip_rows", "flip_cols", "flip_both", "coronal")
@@ -46,6 +49,8 @@ CONTRAST_PHASES = ("arterial", "portal")
 _LUMEN_HU = {"arterial": (200, 400), "portal": (130, 200), "none": (35, 45)}
 _VEIN_HU = {"arterial": (60, 120), "portal": (120, 180), "none": (35, 45)}  # IVC, iliac and renal veins
 _KIDNEY_HU = {"arterial": (140, 180), "portal": (100, 140), "none": (28, 35)}
+_LIVER_GAIN = {"arterial": (5, 25), "portal": (30, 60), "none": (0, 0)}  # added to the liver's unenhanced 50-70 HU
+_SPLEEN_GAIN = {"arterial": (50, 90), "portal": (60, 80), "none": (0, 0)}  # added to the spleen's 40-55 HU
 _HU = {  # tissue HU of an anatomy without Tissues (ints stay ints: they composite into float32 slices)
     "air": -1000.0,
     "subcutaneous_fat": -100,
@@ -205,7 +210,10 @@ def _ellipse(cx: float, cy: float, a: float, b: float, theta: float = 0.0) -> _S
     c, s = np.cos(theta), np.sin(theta)
 
     def sdf(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-        u, v = (X - cx) * c + (Y - cy) * s, (Y - cy) * c - (X - cx) * s
+        if s == 0.0 and c == 1.0:  # not rotated: the same values, from the row and the column (fewer full arrays)
+            u, v = X - cx, Y - cy
+        else:
+            u, v = (X - cx) * c + (Y - cy) * s, (Y - cy) * c - (X - cx) * s
         f = np.sqrt((u / a) ** 2 + (v / b) ** 2)
         g = np.sqrt((u / a**2) ** 2 + (v / b**2) ** 2)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -275,6 +283,53 @@ def _polyline(points: np.ndarray, t: float) -> _Shape:
     return _Shape(x0 - t, x1 + t, y0 - t, y1 + t, sdf)
 
 
+def _union(a: _Shape, b: _Shape) -> _Shape:
+    """Both shapes: the minimum of their signed distances."""
+    return _Shape(
+        min(a.x0, b.x0),
+        max(a.x1, b.x1),
+        min(a.y0, b.y0),
+        max(a.y1, b.y1),
+        lambda X, Y: np.minimum(a.sdf(X, Y), b.sdf(X, Y)),
+    )
+
+
+_HOLE_PAD = 6.0  # mm: beyond its box grown by this and its margin a hole changes no coverage (pixels up to 12 mm)
+
+
+def _carve(shape: _Shape, holes: Sequence[tuple[_Shape, float]] = ()) -> _Shape:
+    """``shape`` less every hole grown by its margin (mm): the maximum of the signed distances. Each hole is evaluated
+    only over the pixels near it (``sdf`` takes a row X (1, n) and a column Y (m, 1) of ascending pixel centres)."""
+    near = []
+    for hole, margin in holes:
+        pad = margin + _HOLE_PAD
+        box = (hole.x0 - pad, hole.x1 + pad, hole.y0 - pad, hole.y1 + pad)
+        if box[0] < shape.x1 and shape.x0 < box[1] and box[2] < shape.y1 and shape.y0 < box[3]:
+            near.append((hole, margin, box))
+    if not near:
+        return shape
+
+    def sdf(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        d = shape.sdf(X, Y)
+        xs, ys = X[0], Y[:, 0]
+        for hole, margin, box in near:
+            i0, i1 = np.searchsorted(xs, box[:2])
+            j0, j1 = np.searchsorted(ys, box[2:])
+            if i0 < i1 and j0 < j1:
+                sub = d[j0:j1, i0:i1]
+                np.maximum(sub, margin - hole.sdf(X[:, i0:i1], Y[j0:j1]), out=sub)
+        return d
+
+    return _Shape(shape.x0, shape.x1, shape.y0, shape.y1, sdf)
+
+
+def _inside(shape: _Shape, x: float, y: float, r: float = 0.0) -> bool:
+    """Whether the disc of radius r around (x, y) reaches into ``shape``."""
+    if x + r < shape.x0 or x - r > shape.x1 or y + r < shape.y0 or y - r > shape.y1:
+        return False
+    return bool(shape.sdf(np.array([[x]]), np.array([[y]]))[0, 0] < r)
+
+
 class _Grid:
     """The scanner's square pixel grid, centred on x = y = 0."""
 
@@ -308,6 +363,56 @@ class _Grid:
             sub += (hu - sub) * cov
             if label is not None:
                 label[where] |= cov >= 0.5
+
+    def field(self, shape: _Shape, grow: float = 0.0) -> tuple[tuple[slice, slice], np.ndarray] | None:
+        """0.5 - signed distance / pixel spacing over ``shape``'s box grown by ``grow`` mm (and one pixel): the
+        coverage, before clipping, of the shape and (adding offset / pixel spacing) of its offsets up to ``grow``."""
+        ps, c = self.ps, self.c
+        i0, i1 = self._first(shape.x0 - grow - ps), self._first(shape.x1 + grow + ps)
+        j0, j1 = self._first(shape.y0 - grow - ps), self._first(shape.y1 + grow + ps)
+        if i0 >= i1 or j0 >= j1:
+            return None
+        d = shape.sdf(c[None, i0:i1], c[j0:j1, None]) * (-1 / ps)
+        d += 0.5
+        return (slice(j0, j1), slice(i0, i1)), d
+
+    def paint_layers(
+        self,
+        img: np.ndarray,
+        field: tuple[tuple[slice, slice], np.ndarray] | None,
+        layers: Sequence[tuple[float, float]],
+        allowed: np.ndarray | None = None,
+    ) -> None:
+        """Composite the shape of ``field`` (see :meth:`field`) grown by each (offset mm, HU) of ``layers`` in turn
+        (outermost first: a sleeve, a cortex, its marrow...); coverage capped by the full-image map ``allowed``
+        (0..1) where given."""
+        if field is None:
+            return
+        where, d = field
+        sub = img[where]
+        cap = None if allowed is None else allowed[where]
+        for offset, hu in layers:
+            cov = np.clip(d + offset / self.ps, 0.0, 1.0)
+            if cap is not None:
+                np.minimum(cov, cap, out=cov)
+            sub += (hu - sub) * cov
+
+    def outside(self, *shapes: _Shape) -> np.ndarray:
+        """Full-image map of 1 - coverage of the union of ``shapes`` (where a structure kept out of them may lie)."""
+        out = np.ones((self.n, self.n), np.float32)
+        for shape in shapes:
+            box = self.coverage(shape)
+            if box is not None:
+                np.minimum(out[box[0]], 1 - box[1], out=out[box[0]])
+        return out
+
+    def inside(self, shape: _Shape) -> np.ndarray:
+        """Full-image coverage map of ``shape``."""
+        out = np.zeros((self.n, self.n), np.float32)
+        box = self.coverage(shape)
+        if box is not None:
+            out[box[0]] = box[1]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- scanning
@@ -520,9 +625,11 @@ def _paint_bowel(
     obstacles: list[tuple[float, float, float]],
     h: float,
     wall_hu: float,
+    solids: Sequence[_Shape] = (),
 ) -> None:
     """Loops inside the visceral cavity, in front of the spine and at least the anatomy's bowel gap from every
-    vessel (``obstacles``: x, y and the radius of a circle around each)."""
+    vessel (``obstacles``: x, y and the radius of a circle around each), and out of the ``solids`` (distractor
+    organs and bones)."""
     body, gap = anatomy.body, anatomy.bowel_gap_mm
     a_in, b_in = body.inner_half_width, body.inner_half_depth
     for loop in anatomy.bowel:
@@ -531,7 +638,11 @@ def _paint_bowel(
         by = loop.y_mm + loop.sway_mm * np.cos(2 * np.pi * h / lam[1] + ph[1])
         r = loop.radius * (0.6 + 0.4 * np.sin(2 * np.pi * h / lam[0] + ph[2]) ** 2)
         inside = (bx / (a_in - r - 3)) ** 2 + (by / (b_in - r - 3)) ** 2 < 1 and by + r < body.spine_front_y - 5
-        if inside and all(np.hypot(bx - x, by - y) - rad - r > gap for x, y, rad in obstacles):
+        if (
+            inside
+            and all(np.hypot(bx - x, by - y) - rad - r > gap for x, y, rad in obstacles)
+            and not any(_inside(solid, bx, by, r) for solid in solids)
+        ):
             grid.paint(img, _circle(bx, by, r), wall_hu)
             grid.paint(img, _circle(bx, by, r - 2), loop.content_hu)
 
@@ -573,6 +684,142 @@ def _paint_calcifications(
             grid.paint(img, _arc(x, y, rr, c.radius, c.angle, c.arc, phi, sec), c.hu)
 
 
+class _DistractorPainter:
+    """Paints a patient's unlabelled distractors (simulations.anatomy.Distractors) on a slice: bladder, pelvic bones
+    (iliac wings in their muscle sleeves, sacral alae, acetabula, femoral heads), liver, spleen, lung bases and their
+    vessels. None overlaps the aorta or the iliac arteries (each keeps at least 3 mm, the liver its ``keep_mm``, of
+    fat from their outer wall) nor the vertebra; the organs stay inside the visceral cavity and off the psoas, the
+    lungs off the erector muscles too (coverage maps computed once per scan)."""
+
+    def __init__(
+        self, d: Distractors, body: Body, grid: _Grid, hu: dict[str, float], phase: str, vessel_hu: float
+    ) -> None:
+        self.d, self.hu, self.vessel_hu, self.grid = d, hu, vessel_hu, grid
+        self.liver_hu = d.liver.hu + _in_range(_LIVER_GAIN[phase], d.liver.enhancement)
+        self.spleen_hu = d.spleen.hu + _in_range(_SPLEEN_GAIN[phase], d.spleen.enhancement)
+        vr, vc = body.vertebra_radius, body.vertebra_y
+        a_in, b_in = body.inner_half_width, body.inner_half_depth
+        spine = (_circle(0, vc, vr), _ellipse(0, vc + vr + 10, 20, 9))
+        psoas = tuple(_ellipse(s * (vr + 14), vc + 4, 13, 19) for s in (-1, 1))
+        erectors = tuple(_ellipse(s * 28, vc + vr + 8, 18, 12) for s in (-1, 1))
+        crura = _ellipse(0, vc - vr, vr + 18, vr + 6)  # the diaphragmatic crura around the aorta keep the lungs off
+        w = d.lungs.wall_mm
+        self.bone_ok = grid.outside(*spine)
+        self.organ_ok = np.minimum(grid.outside(*psoas), self.bone_ok)
+        self.lung_ok = np.minimum(grid.outside(*erectors, crura), self.organ_ok)
+        self.lung_ok = np.minimum(grid.inside(_ellipse(0, 0, a_in - w, b_in - w)), self.lung_ok)
+        self.organ_ok = np.minimum(grid.inside(_ellipse(0, 0, a_in - 1, b_in - 1)), self.organ_ok)
+        self.a_in, self.b_in = a_in, b_in
+
+    def paint(self, img: np.ndarray, vessels: list[_VesselCut], h: float) -> list[_Shape]:
+        """Paint the distractors crossing height h (``vessels``: the arteries' cuts there); returns the solid
+        shapes that bowel loops keep out of."""
+        grid, d, hu = self.grid, self.d, self.hu
+        arteries = [(_tube(v.x, v.y, v.radius, v.phi, v.sec), 3.0) for v in vessels]
+        solids: list[_Shape] = []
+        b = d.bladder
+        if b is not None and abs(h - b.h) < b.half_height:
+            sc = np.sqrt(1 - ((h - b.h) / b.half_height) ** 2)
+            bladder = _carve(_ellipse(b.x, b.y, b.semi_x * sc, b.semi_y * sc), arteries)
+            field = grid.field(bladder, b.wall_mm)
+            grid.paint_layers(img, field, ((b.wall_mm, hu["muscle"]), (0.0, b.hu)), self.organ_ok)
+            solids.append(bladder)
+        if h < d.pelvis.crest_h + abs(d.pelvis.shift_mm):
+            solids += self._paint_pelvis(img, arteries, h)
+        liver = self._liver(h, arteries)
+        if liver is not None:
+            grid.paint_layers(img, grid.field(liver), ((0.0, self.liver_hu),), self.organ_ok)
+            solids.append(liver)
+        sp = d.spleen
+        if abs(h - sp.h_centre) < sp.half_length:
+            sc = np.sqrt(1 - ((h - sp.h_centre) / sp.half_length) ** 2)
+            shape = _ellipse(sp.x, sp.y, sp.semi_major * sc, sp.semi_minor * sc, sp.theta)
+            spleen = _carve(shape, arteries)
+            grid.paint_layers(img, grid.field(spleen), ((0.0, self.spleen_hu),), self.organ_ok)
+            solids.append(spleen)
+        lungs = d.lungs
+        for i, s in enumerate((1, -1)):
+            dh = h - lungs.base_h[i]
+            if dh <= 0:
+                continue
+            cx, cy = s * lungs.centre[0], lungs.centre[1]
+            ax, ay = min(8 + 1.3 * lungs.growth * dh, 0.6 * self.a_in), min(6 + lungs.growth * dh, 0.6 * self.b_in)
+            lung = _carve(_ellipse(cx, cy, ax, ay), arteries)
+            grid.paint_layers(img, grid.field(lung), ((0.0, lungs.hu),), self.lung_ok)
+            solids.append(lung)
+            for u, v, r in lungs.vessels:
+                px, py = cx + s * u * ax, cy + v * ay
+                col, row = grid._first(px - grid.ps / 2), grid._first(py - grid.ps / 2)
+                if row < grid.n and col < grid.n and self.lung_ok[row, col] == 1 and _inside(lung, px, py, -r - 1.0):
+                    grid.paint(img, _circle(px, py, r), self.vessel_hu)
+        return solids
+
+    def _liver(self, h: float, arteries: list[tuple[_Shape, float]]) -> _Shape | None:
+        """The liver's cut at height h (None: below its tip)."""
+        lv = self.d.liver
+        f = (h - lv.tip_h) / lv.rise_mm
+        if f <= 0:
+            return None
+        g = min(f, 1.0)
+        (tx, ty), (rx, ry, ra, rb) = lv.tip, lv.right
+        shape = _ellipse(tx + (rx - tx) * g, ty + (ry - ty) * g, ra * (0.2 + 0.8 * g), rb * (0.2 + 0.8 * g))
+        if h > lv.left_h:
+            gl = min((h - lv.left_h) / 30.0, 1.0)
+            lx, ly, la, lb = lv.left
+            shape = _union(shape, _ellipse(lx, ly, la * (0.3 + 0.7 * gl), lb * (0.3 + 0.7 * gl)))
+        return _carve(shape, [(hole, max(lv.keep_mm, margin)) for hole, margin in arteries])
+
+    def _paint_pelvis(self, img: np.ndarray, arteries: list[tuple[_Shape, float]], h: float) -> list[_Shape]:
+        """Wings (or acetabula and femoral heads below the roofs) on both sides, and the sacral alae: each a bone
+        shape painted as (muscle sleeve,) cortex and marrow."""
+        p, grid = self.d.pelvis, self.grid
+        cortex, marrow, sleeve, muscle = p.cortex_hu, p.marrow_hu, p.sleeve_mm, self.hu["muscle"]
+        (cx, cy), R, e = p.wing_centre, p.wing_radius, p.wing_stretch
+        t_a, t_p = p.wing_angles
+        bones: list[tuple[_Shape, float]] = []  # (shape, sleeve mm)
+        for s in (1, -1):
+            hs = h - (p.shift_mm if s < 0 else 0.0)  # the right side lies shift_mm higher
+            if hs > p.crest_h:
+                continue
+            if hs > p.roof_h:  # the wing: grows from the crest, leaves the sacrum below the notch, thickens
+                f = min((p.crest_h - hs) / p.flare_mm, 1.0)
+                lo, hi = p.crest_angle - (p.crest_angle - t_a) * f, p.crest_angle + (t_p - p.crest_angle) * f
+                g = float(np.clip((p.notch_h - hs) / (p.notch_h - p.roof_h), 0.0, 1.0))
+                hi -= (hi - lo) * 0.65 * g
+                t = p.wing_mm * (1 + 1.5 * g)
+                x = cx - min(0.3 * max(p.crest_h - hs - p.flare_mm, 0.0), 20.0)  # the wing comes in downwards
+                bones.append((_arc(s * x, cy, R, t, lo if s > 0 else np.pi - hi, hi - lo, np.pi / 2, e), sleeve))
+            hx, hy = s * p.head_xy[0], p.head_xy[1]
+            dz, rh = hs - p.head_h, p.head_radius
+            outer = rh + 6.5  # the bony cup: 1.5 mm of joint space and 5 mm of bone around the head
+            if hs > p.roof_h + 2 or abs(dz) >= outer:
+                continue
+            ro = np.sqrt(outer**2 - dz**2)
+            if abs(dz) >= rh + 1.5:  # over (or under) the head: the roof, a disc of bone
+                bones.append((_circle(hx, hy, ro), 0.8 * sleeve))
+                continue
+            ri = np.sqrt((rh + 1.5) ** 2 - dz**2)
+            mid, span = (np.pi if s > 0 else 0.0), np.radians(230)
+            bones.append((_arc(hx, hy, (ro + ri) / 2, (ro - ri) / 2, mid - span / 2, span, 0.0, 1.0), 0.8 * sleeve))
+            if abs(dz) < rh:
+                bones.append((_circle(hx, hy, np.sqrt(rh**2 - dz**2)), 0.0))
+        bottom = p.head_h - p.head_radius
+        if bottom < h <= p.sacrum_h:  # the sacral alae, narrowing and moving back downwards
+            g = (p.sacrum_h - h) / (p.sacrum_h - bottom)
+            x = cx - min(0.3 * max(p.crest_h - h - p.flare_mm, 0.0), 20.0)  # as the wings come in
+            xp, yp = x + R * np.cos(t_p), cy + e * R * np.sin(t_p)
+            sx, sy, y = (xp - p.wing_mm - 2.5) * (1 - 0.55 * g), p.sacrum_mm * (1 - 0.4 * g), yp + 25 * g
+            bones.append((_ellipse(0, y, sx, sy), 0.0))
+        carved = [(_carve(shape, arteries), grow) for shape, grow in bones]
+        fields = [(grid.field(shape, grow), grow) for shape, grow in carved]
+        for field, grow in fields:  # the muscle sleeves under every bone
+            if grow > 0:
+                grid.paint_layers(img, field, ((grow, muscle),), self.bone_ok)
+        for field, _ in fields:
+            grid.paint_layers(img, field, ((0.0, cortex), (-p.cortex_mm, marrow)), self.bone_ok)
+        return [shape for shape, _ in carved]
+
+
 def _in_range(hu_range: tuple[int, int], u: float) -> float:
     """The HU at quantile ``u`` (0..1) of ``hu_range``."""
     lo, hi = hu_range
@@ -593,12 +840,18 @@ def scan_patient(patient: Patient, profile: ScannerProfile) -> SyntheticStudy:
     body_img = np.full((profile.matrix,) * 2, _HU["air"], np.float32)
     for shape, v in _body_structures(anatomy.body, tissue):
         grid.paint(body_img, shape, v)
+    distractors = (
+        None
+        if anatomy.distractors is None
+        else _DistractorPainter(anatomy.distractors, anatomy.body, grid, tissue, profile.phase, vein_hu)
+    )
     hu = np.empty((len(h), profile.matrix, profile.matrix), np.float32)
     mask = np.zeros(hu.shape, bool)
     for k in range(len(h)):
         img = hu[k]
         img[:] = body_img
         vessels = _vessel_cuts(anatomy, aorta, k)
+        solids = [] if distractors is None else distractors.paint(img, vessels, h[k])
         veins = _vein_cuts(anatomy, vessels, h[k])
         kidneys = _kidney_cuts(anatomy, aorta, veins, h[k], k)
         for v in veins:
@@ -607,7 +860,7 @@ def scan_patient(patient: Patient, profile: ScannerProfile) -> SyntheticStudy:
         for c in kidneys:
             grid.paint(img, _ellipse(c.x, c.y, c.a, c.b, c.theta), kidney_hu)
         obstacles = [(v.x, v.y, v.radius * v.sec) for v in vessels] + [(v.x, v.y, max(v.a, v.b)) for v in veins]
-        _paint_bowel(img, grid, anatomy, obstacles, h[k], tissue["bowel_wall"])
+        _paint_bowel(img, grid, anatomy, obstacles, h[k], tissue["bowel_wall"], solids)
         bulge = aorta.bulge[k] if aorta.aortic[k] else None
         for v in vessels:  # the iliacs (below the bifurcation) are not labelled
             label = mask[k] if aorta.aortic[k] else None

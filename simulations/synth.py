@@ -1,7 +1,8 @@
 """Seeded synthetic abdominal CT studies, written as real DICOM series in hospital "site folders".
 
 :func:`render_study` is three steps. :func:`draw_patient` (simulations.anatomy) draws a :class:`Patient` (its
-:class:`Anatomy`: body, spine, kidneys, bowel and :class:`Aorta`, as continuous functions of height in mm) from
+:class:`Anatomy`: body, spine, kidneys, bowel, :class:`Aorta` and unlabelled neighbours and distractors, as
+continuous functions of height in mm) from
 ``rng``; :func:`scan_patient` (simulations.scanner) samples it on a :class:`ScannerProfile`'s grid (matrix, FOV,
 slice spacing, contrast phase...) with no random draw; :func:`add_noise` adds the scanner noise. The same ``rng``
 state therefore gives the same anatomy under every profile: one seed rendered under two profiles is one patient
@@ -44,13 +45,19 @@ from fedaaa.simulations.anatomy import (
     Anatomy,
     Aorta,
     AorticDiameter,
+    Bladder,
     Body,
     BowelLoop,
     Calcification,
     Cava,
+    Distractors,
     Kidney,
+    Liver,
+    Lungs,
     Patient,
+    Pelvis,
     RenalVein,
+    Spleen,
     Thrombus,
     Tissues,
     Wander,
@@ -78,13 +85,19 @@ __all__ = [
     "Anatomy",
     "Aorta",
     "AorticDiameter",
+    "Bladder",
     "Body",
     "BowelLoop",
     "Calcification",
     "Cava",
+    "Distractors",
     "Kidney",
+    "Liver",
+    "Lungs",
     "Patient",
+    "Pelvis",
     "RenalVein",
+    "Spleen",
     "Thrombus",
     "Tissues",
     "Wander",
@@ -128,7 +141,8 @@ __all__ = [
     "write_variant",
 ]
 
-GENERATOR_VERSION = 3  # 3: randomised tissue HU, thrombus, calcification, scan range; IVC, renal vein (site reuse)
+GENERATOR_VERSION = 4  # 3: randomised tissue HU, thrombus, calcification, scan range; IVC, renal vein (site reuse)
+# 4: unlabelled distractors (pelvis, bladder, liver, spleen, lung bases)
 # ``mask`` before the optional ``split,sex`` keeps rows ending in "<split>,<sex>" (tests/test_federation.py
 # counts training rows by that ending); readers go by column name.
 MANIFEST_COLUMNS = ("study_id", "path", "aaa", "max_diameter_mm", "mask", "split", "sex")

@@ -18,12 +18,14 @@ from fedaaa.common.site import Site
 from fedaaa.simulations.synth import MANIFEST_COLUMNS, ScannerProfile, SiteSpec, write_site
 
 # The DICOM pixel data of these sites, digested when the labels were added: writing the labels must not change one
-# pixel nor one random draw. Digests of GENERATOR_VERSION 3, whose patients changed on purpose (randomised tissue
-# HU, thrombus and calcification, IVC, renal vein, scan range); version 2's were 86cc90f5... and fbd68417...
+# pixel nor one random draw. Digests of GENERATOR_VERSION 4, whose images changed on purpose (unlabelled pelvis,
+# bladder, liver, spleen and lung bases, and their draws shift the noise); version 3's were 84c35639... and
+# 95c4362a... (randomised tissue HU, thrombus and calcification, IVC, renal vein, scan range), version 2's
+# 86cc90f5... and fbd68417...
 PINNED = {
     "hospital-d": (
         SiteSpec("hospital-d", 4, 0.5, ScannerProfile(name="d", matrix=48, slice_thickness_mm=10.0, noise_hu=10.0), 7),
-        "84c35639144ece808f6a7ffa3d936e2d962301105037f18f8b5913abd8def078",
+        "9a7282db47abaff7ac88bcb3b687c8e8a30cebebfc73e63c6a1c609702a45b7f",
     ),
     "hospital-e": (
         SiteSpec(
@@ -43,7 +45,7 @@ PINNED = {
             ),
             8,
         ),
-        "95c4362a7cc4ca95d761dd259f26e11589d085aaa579b4484af85bd2532ff16c",
+        "0b77748e774bed456c9cd7001e10c7d148c1a6a3bdde06ece5f03196f76883e0",
     ),
 }
 # straight aorta, 2.25 mm pixels: fine enough to measure the label's diameter

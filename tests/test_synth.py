@@ -49,30 +49,39 @@ def _rc(study, k, x, y):
 
 
 def _widths(study, k, patient):
-    """Aortic width along x through its centre on slice k: (run length of > -50 HU, sub-pixel fat/wall mix)."""
+    """Aortic width along x through its centre on slice k: (run length above the fat/wall midpoint, sub-pixel
+    fat/wall mix). (A fixed -50 HU cut passed only by luck where the fat is -60 HU and the noise 12 HU.)"""
     cx, cy = study.aorta_center_mm[k]
     r, c = _rc(study, k, cx, cy)
     line = study.hu[k, r]
-    lo = hi = c
-    while line[lo - 1] > -50:
-        lo -= 1
-    while line[hi + 1] > -50:
-        hi += 1
     ps, t = study.pixel_spacing_mm, patient.anatomy.tissues
+    cut = (t.visceral_fat + t.vessel_wall) / 2
+    lo = hi = c
+    while line[lo - 1] > cut:
+        lo -= 1
+    while line[hi + 1] > cut:
+        hi += 1
     frac = np.clip((line[lo - 1 : hi + 2] - t.visceral_fat) / (t.vessel_wall - t.visceral_fat), 0, 1)
     return (hi - lo + 1) * ps, frac.sum() * ps
 
 
 def _alone(patient: Patient, plain: bool = False) -> Patient:
     """The patient without the neighbours that may touch the aorta (IVC and iliac veins, left renal vein, abutting
-    bowel, close kidneys): to check the aorta's own geometry in the image. ``plain``: no calcification either, and
+    bowel, close kidneys) nor the distractors (pelvis, bladder, liver, spleen, lungs): to check the aorta's own geometry in the image. ``plain``: no calcification either, and
     thrombus as dense as the wall (the outer wall's partial volume then mixes only fat and wall)."""
-    anatomy = replace(patient.anatomy, cava=None, renal_vein=None, kidney_gap_mm=10.0, bowel_gap_mm=15.0)
+    anatomy = replace(
+        patient.anatomy, cava=None, renal_vein=None, kidney_gap_mm=10.0, bowel_gap_mm=15.0, distractors=None
+    )
     if plain:
         aorta, wall = anatomy.aorta, anatomy.tissues.vessel_wall
         thrombus = aorta.thrombus and replace(aorta.thrombus, hu=max(aorta.thrombus.hu, wall))
         anatomy = replace(anatomy, aorta=replace(aorta, calcifications=(), thrombus=thrombus))
     return replace(patient, anatomy=anatomy)
+
+
+def _bare(patient: Patient) -> Patient:
+    """The patient without the distractors (pelvis, bladder, liver, spleen, lung bases)."""
+    return replace(patient, anatomy=replace(patient.anatomy, distractors=None))
 
 
 def _render_alone(seed, profile, kind, sex, plain=False):
@@ -319,6 +328,7 @@ def test_tissue_hu_varies_between_patients():
     # and the images follow: anterior subcutaneous fat and the visceral fat at the image centre take the drawn HU
     profile = replace(PROFILE, matrix=96, noise_hu=0.0)
     for p in patients[:3]:
+        p = _bare(p)  # (the liver or a lung may lie at the right-hand point on the head-most slice)
         s, b, t = scan_patient(p, profile), p.anatomy.body, p.anatomy.tissues
         r, c = _rc(s, 0, 0.0, -(b.half_depth - b.fat_mm / 2))
         assert s.hu[0, r, c] == pytest.approx(t.subcutaneous_fat, abs=0.01)
@@ -368,6 +378,109 @@ def test_calcification_from_none_to_rings():
     assert np.histogram(ang, bins=12, range=(-np.pi, np.pi))[0].min() > 0  # all the way round
     r = np.hypot(xx - cx, yy - cy)[plaque]
     assert r.max() < R + 0.5 and r.min() > R - 2 * 1.5 - 0.3 - 1  # plaques (<= 3 mm thick) inside the outer wall
+
+
+# ------------------------------------------------------------------------------------------- distractors
+def _grid_mm(study):
+    """(x, y) of every pixel centre, each (rows, cols)."""
+    n, ps, (x0, y0) = study.hu.shape[1], study.pixel_spacing_mm, study.origin_mm
+    yy, xx = np.mgrid[:n, :n] * ps + np.array([y0, x0])[:, None, None]
+    return xx, yy
+
+
+@pytest.mark.parametrize(("seed", "kind"), [(0, "normal"), (2, "aneurysm"), (4, "ectatic"), (11, "aneurysm")])
+def test_distractors_change_neither_label_nor_truth_and_keep_off_the_aorta(seed, kind):
+    patient = draw_patient(np.random.default_rng(seed), kind, "M")
+    patient = replace(patient, anatomy=replace(patient.anatomy, bowel=()))  # (loops moved off an organ also differ)
+    profile = ScannerProfile(matrix=192, fov_mm=288.0, slice_thickness_mm=2.5, noise_hu=0.0, tortuosity=0.6)
+    with_d, without = scan_patient(patient, profile), scan_patient(_bare(patient), profile)  # 1.5 mm pixels
+    assert with_d.truth("x") == without.truth("x")
+    np.testing.assert_array_equal(with_d.aorta_mask, without.aorta_mask)
+    np.testing.assert_array_equal(with_d.diameter_mm, without.diameter_mm)
+    np.testing.assert_array_equal(with_d.aorta_center_mm, without.aorta_center_mm)
+    changed = with_d.hu != without.hu
+    assert changed.any()
+    xx, yy = _grid_mm(with_d)
+    for k in np.flatnonzero(with_d.diameter_mm > 0):  # nothing painted within 2 mm of the outer wall
+        (cx, cy), R = (
+            with_d.aorta_center_mm[k],
+            with_d.diameter_mm[k] / 2 / np.cos(np.radians(with_d.aorta_tilt_deg[k])),
+        )
+        assert not (changed[k] & (np.hypot(xx - cx, yy - cy) < R + 2)).any(), k
+    assert not (changed & with_d.aorta_mask).any()
+
+
+def _first_scan(kind, condition, start=0):
+    for seed in range(start, start + 500):
+        patient = draw_patient(np.random.default_rng(seed), kind, "F")
+        if condition(patient.anatomy):
+            return patient
+    raise AssertionError("no such patient in 500 seeds")
+
+
+def test_pelvis_at_low_levels_is_bone_and_not_aorta():
+    patient = _first_scan("aneurysm", lambda a: a.scan_lo_mm < a.distractors.pelvis.head_h)  # down to the hips
+    a, p = patient.anatomy, patient.anatomy.distractors.pelvis
+    profile = ScannerProfile(matrix=192, fov_mm=384.0, slice_thickness_mm=2.5, noise_hu=0.0)
+    s, bare = scan_patient(patient, profile), scan_patient(_bare(patient), profile)
+    h = s.z_mm - a.z_lo_mm
+    xx, yy = _grid_mm(s)
+    bone = (s.hu > 400) & (s.hu != bare.hu)  # bone that the distractors added
+    lateral = np.abs(xx) > a.body.vertebra_radius + 10  # beside the spine: hip bones, not vertebra
+    for level in (p.crest_h - 50, p.head_h):  # the iliac wings; the femoral heads in their cups
+        k = int(np.argmin(np.abs(h - level)))
+        for side in (xx < 0, xx > 0):
+            assert (bone[k] & lateral & side).sum() * s.pixel_spacing_mm**2 > 150, (level, h[k])
+    k = int(np.argmin(np.abs(h - p.head_h)))
+    r, c = _rc(s, k, p.head_xy[0], p.head_xy[1])
+    assert 100 < s.hu[k, r, c] < 350  # marrow in the femoral head, a cortical rim around it
+    assert s.hu[k][np.abs(np.hypot(xx - p.head_xy[0], yy - p.head_xy[1]) - p.head_radius + 1) < 0.6].max() > 600
+    assert not (s.aorta_mask & bone).any() and not s.aorta_mask[h < a.aorta.diameter.bifurcation_h].any()
+    assert not (bone & (h > p.crest_h + 7)[:, None, None] & lateral).any()  # no hip bone above the crests
+    # across patients: the hips' heads in some scans only, the wings in most, a bladder in about two in three
+    anatomies = [draw_patient(np.random.default_rng(i), KINDS[i % 3], "MF"[i % 2]).anatomy for i in range(300)]
+    hips = np.mean([x.scan_lo_mm < x.distractors.pelvis.roof_h for x in anatomies])
+    wings = np.mean([x.scan_lo_mm < x.distractors.pelvis.crest_h - 20 for x in anatomies])
+    assert 0.15 < hips < 0.6 < wings and 0.5 < np.mean([x.distractors.bladder is not None for x in anatomies]) < 0.8
+    assert all(40 <= 2 * x.distractors.pelvis.head_radius <= 55 for x in anatomies)
+    assert all(700 <= x.distractors.pelvis.cortex_hu <= 1000 for x in anatomies)
+
+
+@pytest.mark.parametrize("phase", ["portal", "none"])
+def test_liver_spleen_and_lungs_at_high_levels(phase):
+    patient = _first_scan("normal", lambda a: a.scan_range[1] > max(a.distractors.lungs.base_h) + 40)
+    a, d = patient.anatomy, patient.anatomy.distractors
+    profile = ScannerProfile(
+        matrix=128,
+        fov_mm=384.0,
+        noise_hu=0.0,
+        contrast=phase != "none",
+        contrast_phase="portal",
+        slice_thickness_mm=2.5,
+    )
+    s, bare = scan_patient(patient, profile), scan_patient(_bare(patient), profile)
+    h = s.z_mm - a.z_lo_mm
+    xx, yy = _grid_mm(s)
+    area = s.pixel_spacing_mm**2
+    changed = s.hu != bare.hu
+    top = changed[0] & (xx < 0) & (s.hu[0] >= 40) & (s.hu[0] <= 140)
+    value = float(np.median(s.hu[0][top]))  # the liver's HU
+    assert 80 <= value <= 130 if phase == "portal" else 50 <= value <= 70
+    liver = changed & (np.abs(s.hu - value) < 0.5)
+    assert (liver[0] & (xx < 0)).sum() * area > 5000  # a large organ on the right at the top of the scan
+    below = liver[h < d.liver.tip_h - 1].sum((1, 2))
+    assert below.size and below.max() < 0.01 * liver[0].sum()  # and none below its tip (bar partial-volume values)
+    spleen = (s.hu != bare.hu) & (xx > a.body.vertebra_radius + 20) & (s.hu > 35) & (s.hu < 140)
+    assert spleen[0].sum() * area > 300
+    lung = changed & (np.abs(s.hu - d.lungs.hu) < 1)
+    assert (lung[0] & (yy > 0)).sum() * area > 1000 and not (lung[0] & (yy < -a.body.inner_half_depth / 2)).any()
+    assert not lung[h < min(d.lungs.base_h)].any()
+    assert not (s.aorta_mask & (s.hu < -500)).any()
+    # the lung bases show only in the top 30-80 mm of the scans that reach high enough
+    anatomies = [draw_patient(np.random.default_rng(i), KINDS[i % 3], "F").anatomy for i in range(300)]
+    depth = np.array([x.scan_range[1] - min(x.distractors.lungs.base_h) for x in anatomies])
+    assert 0.2 < np.mean(depth > 0) < 0.8 and depth.max() <= 80
+    assert all(-950 <= x.distractors.lungs.hu <= -850 for x in anatomies)
 
 
 # ------------------------------------------------------------------------------------------- site folders

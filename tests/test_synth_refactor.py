@@ -29,12 +29,15 @@ PROFILE = ScannerProfile(matrix=48, slice_thickness_mm=5.0)
 # 200-320 mm) drew its new fields after every earlier draw, so those keep their values; what had to change: the
 # slice count (the scanned range is drawn anew), the mean HU (new structures and HU), the next draw (more draws
 # per patient) and, for the normal aorta only, its maximum, which lies on the head-most slice and so moved with
-# the top of the scan (18.6 mm at z 18.5 before).
+# the top of the scan (18.6 mm at z 18.5 before). GENERATOR_VERSION 4 (unlabelled distractors: pelvis, bladder,
+# liver, spleen, lung bases) drew them after all of those, so age, diameters, their z and the slices stay; what had
+# to change: the mean HU (new organs and bones; -652.16, -557.94, -535.98, -611.46 in version 3) and the next draw
+# (the distractors' draws; 891418829, 765232715, 2560485, 365918633 in version 3).
 PINNED = [
-    ((0, "normal", "F", 0.0), (59, 18.4, -0.5, 43, -652.16, 891418829)),
-    ((1, "ectatic", "M", 0.0), (71, 26.4, -162.0, 57, -557.94, 765232715)),
-    ((2, "aneurysm", "M", 0.5), (73, 47.5, -182.0, 51, -535.98, 2560485)),
-    ((3, "aneurysm", "F", 0.0), (86, 36.1, -199.0, 61, -611.46, 365918633)),
+    ((0, "normal", "F", 0.0), (59, 18.4, -0.5, 43, -649.92, 145248957)),
+    ((1, "ectatic", "M", 0.0), (71, 26.4, -162.0, 57, -545.04, 30391801)),
+    ((2, "aneurysm", "M", 0.5), (73, 47.5, -182.0, 51, -529.0, 339845462)),
+    ((3, "aneurysm", "F", 0.0), (86, 36.1, -199.0, 61, -600.23, 1047755195)),
 ]
 
 
