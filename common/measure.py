@@ -3,8 +3,12 @@
 The network gives, for one CT study, a probability map of the whole aorta (lumen, thrombus and wall) on
 the study's grid. :func:`measure_aorta` turns it into the clinical number:
 
-1. the map is thresholded at ``level``; the largest 3D connected component (26-connectivity) is kept and
-   its holes are filled slice by slice;
+1. the map is thresholded at ``level``; of its 3D connected components (26-connectivity) the most
+   aorta-like is kept, not the largest (a network may well light up a hip bone more strongly than the
+   aorta): the longest in z, tube-like (compact axial sections 8-100 mm across, several times longer
+   than wide, whose area and centroid change smoothly), of near ties the larger; its holes are filled
+   slice by slice. A component that cannot be an aorta (crab-like or fragmented sections, an area
+   jumping between slices, or short and wider than long in a long scan) is found but not measured;
 2. a centreline is drawn through the component's centroid in each axial slice, smoothed along z (a
    Gaussian of 7 mm, with the ends extended linearly so that a tilted vessel keeps its direction) and
    resampled every ``step_mm`` of arc length; it is then moved twice to the centroids of its own
@@ -16,7 +20,8 @@ the study's grid. :func:`measure_aorta` turns it into the clinical number:
    is found with sub-pixel accuracy (contourpy) and its maximum Feret diameter (the largest caliper
    distance: the clinical outer-to-outer diameter) is measured. A region that reaches the plane's border
    or the scanned grid's border is not measured (its true size is unknown);
-4. the largest of these, over the levels ``valid_z`` allows, is the answer, after a plausibility check.
+4. the largest of these, over the levels ``valid_z`` allows, is the answer, after plausibility checks
+   (its size, and a compact cut: area over convex-hull area at least 0.75).
 
 Coordinates are RAS world millimetres: ``world = affine @ [i, j, k, 1]``. The grid must be axis-aligned
 (the affine's 3x3 part diagonal with positive entries), as FedAAA's preprocessing makes it.
@@ -44,6 +49,18 @@ REFINE_PASSES = 2  # centreline moved to the centroids of its perpendicular cuts
 REFINE_PIXEL_MM = 1.0  # pixel of the planes of those passes
 EDGE_MM = 5.0  # a maximum this close to the first or last slice may continue outside the scan
 MAX_STEP_MM = 2.0
+# choosing the component (the most aorta-like, not the largest) and refusing implausible ones
+MAX_CANDIDATES = 32  # components described (the longest)
+SOLIDITY_SLICES = 24  # axial sections per component whose solidity is measured
+AXIAL_SIZE_MM = (8.0, 100.0)  # median equivalent diameter of an aorta's axial sections
+MIN_ELONGATION = 3.0  # length over axial diameter below which the score falls (a ball, a bone's blob)
+MAX_WANDER = 1.5  # mm of centroid shift per mm of z (56 degrees of tilt) before the score falls
+NEAR_TIE = 0.9  # components scoring within this share of the best: the larger is taken
+AREA_JUMP = 3.0  # neighbouring axial sections whose areas differ more than this many-fold ...
+MAX_JUMP_SHARE = 0.25  # ... over more than this share of the component's length: not a vessel
+MIN_AXIAL_SOLIDITY = 0.6  # median solidity (area / convex-hull area) of its axial sections
+MIN_CUT_SOLIDITY = 0.75  # solidity of the perpendicular cut at the maximum
+SHORT_SHARE = 0.5  # shorter than this share of the abdominal range and wider than long: not an aorta
 _EPS = 1e-6  # voxel coordinates this far outside the grid still count as inside (rounding)
 _RING = np.ones((3, 3), dtype=bool)  # 8-connectivity in the plane
 
@@ -104,21 +121,137 @@ def _not_found(shape: tuple[int, ...], reason: str) -> Measurement:
     )
 
 
-def _component(prob: np.ndarray, level: float) -> tuple[np.ndarray, tuple[slice, ...]] | None:
-    """The largest 26-connected component of ``prob >= level``, holes filled per axial slice, as a mask
-    of its bounding box, and that box; None when nothing reaches ``level``."""
-    binary = prob >= level
-    labels, n = ndimage.label(binary, structure=np.ones((3, 3, 3), dtype=bool))
+def _hull_area(pixels: np.ndarray, dx: float, dy: float) -> float:
+    """Area (mm²) of the convex hull of the ``dx`` x ``dy`` pixel squares centred on ``pixels`` (n, 2)."""
+    pts = pixels * np.array([dx, dy])
+    area = 0.0
+    if len(pts) >= 3:
+        try:
+            area = float(ConvexHull(pts).volume)  # a 2D hull's "volume" is its area
+        except QhullError:  # collinear centres: a strip
+            area = 0.0
+    w, h = np.ptp(pts, axis=0)
+    return area + dx * float(h) + dy * float(w) + dx * dy  # the centres' hull grown by a pixel (Minkowski)
+
+
+def _solidity(region: np.ndarray, dx: float, dy: float) -> float:
+    """Area of a 2D region (holes filled) over the area of its convex hull: near 1 for a vessel's section,
+    low for a crab-like or fragmented one."""
+    filled = ndimage.binary_fill_holes(region)
+    n = int(filled.sum())
+    if n == 0:
+        return 1.0
+    edge = np.argwhere(filled & ~ndimage.binary_erosion(filled))  # the hull's corners are edge pixels
+    return min(1.0, n * dx * dy / _hull_area(edge, dx, dy))
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """One 3D component of the thresholded map, described by how aorta-like it is."""
+
+    label: int
+    box: tuple[slice, ...]
+    volume_mm3: float
+    length_mm: float  # craniocaudal extent of the slices it occupies
+    width_mm: float  # its larger in-plane (x or y) extent
+    solidity_mean: float  # of its axial sections (a sample of them)
+    solidity_median: float
+    diameter_mm: float  # median equivalent-circle diameter of its axial sections
+    pairs: int  # neighbouring slice pairs
+    jumps: float  # share of those pairs whose areas differ more than AREA_JUMP-fold
+    wander: float  # median in-plane shift of its sections' centroid per mm of z
+    score: float  # length times its tube-likeness factors: the most aorta-like component has the highest
+
+
+def _describe(labels: np.ndarray, label: int, box: tuple[slice, ...], spacing: np.ndarray) -> _Candidate:
+    """How aorta-like component ``label`` (bounding box ``box``) is: long in z, with compact axial sections
+    8-100 mm across, several times longer than wide, whose area and centroid change smoothly."""
+    sub = labels[box] == label
+    dx, dy, dz = (float(v) for v in spacing)
+    nz = sub.shape[2]
+    i, j, k = np.nonzero(sub)
+    count = np.bincount(k, minlength=nz).astype(np.float64)  # > 0 in every slice: the component is connected
+    area = count * dx * dy
+    if nz > 1:
+        ratio = np.maximum(area[1:], area[:-1]) / np.maximum(np.minimum(area[1:], area[:-1]), 1e-9)
+        jumps = float(np.mean(ratio > AREA_JUMP))
+        ci = np.bincount(k, weights=i, minlength=nz) / count
+        cj = np.bincount(k, weights=j, minlength=nz) / count
+        wander = float(np.median(np.hypot(np.diff(ci) * dx, np.diff(cj) * dy))) / dz
+    else:
+        jumps = wander = 0.0
+    picks = np.unique(np.rint(np.linspace(0, nz - 1, min(nz, SOLIDITY_SLICES))).astype(int))
+    solidity = np.array([_solidity(sub[:, :, kk], dx, dy) for kk in picks])
+    diameter = float(np.median(2.0 * np.sqrt(area / np.pi)))
+    length = nz * dz
+    size_factor = 1.0 if AXIAL_SIZE_MM[0] <= diameter <= AXIAL_SIZE_MM[1] else 0.3
+    elongation = min(1.0, length / max(diameter, 1e-9) / MIN_ELONGATION)  # a ball is no vessel
+    smooth = (1.0 - 0.5 * jumps) * min(1.0, MAX_WANDER / max(wander, 1e-9))
+    score = length * float(solidity.mean()) * size_factor * elongation * smooth
+    return _Candidate(
+        label=label,
+        box=box,
+        volume_mm3=float(count.sum()) * dx * dy * dz,
+        length_mm=length,
+        width_mm=max(sub.shape[0] * dx, sub.shape[1] * dy),
+        solidity_mean=float(solidity.mean()),
+        solidity_median=float(np.median(solidity)),
+        diameter_mm=diameter,
+        pairs=nz - 1,
+        jumps=jumps,
+        wander=wander,
+        score=score,
+    )
+
+
+def _component(
+    prob: np.ndarray, level: float, spacing: np.ndarray, min_length_mm: float
+) -> tuple[np.ndarray, tuple[slice, ...], _Candidate] | None:
+    """The most aorta-like 26-connected component of ``prob >= level`` among those of at least
+    MIN_VOLUME_MM3 (and, where any is, at least ``min_length_mm`` long in z), holes filled per axial slice,
+    as a mask of its bounding box, that box and its description; None when there is no such component.
+
+    The aorta is the longest of them, tube-like; of near ties the larger wins (not the largest overall: a
+    network's false positive on a hip bone may well be larger than a weakly seen aorta)."""
+    labels, n = ndimage.label(prob >= level, structure=np.ones((3, 3, 3), dtype=bool))
     if n == 0:
         return None
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    best = int(np.argmax(sizes))
-    box = ndimage.find_objects(labels, max_label=best)[best - 1]
-    comp = labels[box] == best
+    sizes = np.bincount(labels.ravel()).astype(np.float64) * float(np.prod(spacing))
+    sizes[0] = 0.0
+    big = np.nonzero(sizes >= MIN_VOLUME_MM3)[0]
+    if len(big) == 0:
+        return None
+    boxes = ndimage.find_objects(labels)
+    lengths = np.array([(boxes[b - 1][2].stop - boxes[b - 1][2].start) * float(spacing[2]) for b in big])
+    long = lengths >= min_length_mm
+    pool, pool_lengths = (big[long], lengths[long]) if long.any() else (big, lengths)
+    order = np.lexsort((-sizes[pool], -pool_lengths))[:MAX_CANDIDATES]  # the longest, then the largest
+    candidates = [_describe(labels, int(b), boxes[b - 1], spacing) for b in pool[order]]
+    top = max(c.score for c in candidates)
+    chosen = max((c for c in candidates if c.score >= NEAR_TIE * top), key=lambda c: c.volume_mm3)
+    comp = labels[chosen.box] == chosen.label
     for k in range(comp.shape[2]):
         comp[:, :, k] = ndimage.binary_fill_holes(comp[:, :, k])
-    return comp, box
+    return comp, chosen.box, chosen
+
+
+def _implausible_shape(c: _Candidate, z_range_mm: float) -> str:
+    """Why the chosen component cannot be an aorta, from its shape, or "" (conservative: a tube of any
+    calibre or tilt, an aneurysm and a tortuous vessel all pass)."""
+    head = "the segmented region is implausible for an aorta:"
+    if c.solidity_median < MIN_AXIAL_SOLIDITY:
+        return f"{head} its axial cross-sections are crab-like or fragmented (median solidity {c.solidity_median:.2f})"
+    if c.pairs >= 4 and c.jumps > MAX_JUMP_SHARE:
+        return (
+            f"{head} its cross-sectional area changes more than {AREA_JUMP:.0f}-fold between neighbouring slices "
+            f"over {100 * c.jumps:.0f}% of its length"
+        )
+    if c.length_mm < SHORT_SHARE * z_range_mm and c.width_mm > c.length_mm:
+        return (
+            f"{head} it is {c.length_mm:.0f} mm long and {c.width_mm:.0f} mm wide, in a scan covering "
+            f"{z_range_mm:.0f} mm below the lungs"
+        )
+    return ""
 
 
 def _component_box(prob: np.ndarray, mask: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
@@ -465,11 +598,10 @@ def measure_aorta(
             )
     prob = np.nan_to_num(prob.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=0.0)
 
-    found = _component(prob, level)
-    voxel_mm3 = float(np.prod(spacing))
-    if found is None or found[0].sum() * voxel_mm3 < MIN_VOLUME_MM3:
+    found = _component(prob, level, spacing, min_length_mm)
+    if found is None:
         return _not_found(prob.shape, "no aorta found in the scanned range")
-    comp, box = found
+    comp, box, candidate = found
     mask = np.zeros(prob.shape, dtype=bool)
     mask[box] = comp
     start = np.array([s.start for s in box])
@@ -490,6 +622,10 @@ def measure_aorta(
             mask=mask,
             warnings=(),
         )
+    abdominal = np.nonzero(valid_z)[0] if valid_z is not None and valid_z.any() else np.array([0, prob.shape[2] - 1])
+    problem = _implausible_shape(candidate, float(abdominal[-1] - abdominal[0] + 1) * float(spacing[2]))
+    if problem:
+        return Measurement(True, False, problem, None, None, centreline, (), mask, ())
 
     field, lo = _component_box(prob, mask, level)
     planes = _Planes(_Sampler(field, lo, prob.shape, spacing, origin), origin[2] + ks * spacing[2], radius, level)
@@ -500,6 +636,7 @@ def measure_aorta(
         reach = _carry(reach, len(centreline))
 
     sections: list[Section] = []
+    reaches: list[float] = []  # how far each section's region reached (for the cut at the maximum)
     missed = counted_total = 0
     for i, (centre, normal) in enumerate(zip(centreline, tangents)):
         k = int(np.clip(np.rint((centre[2] - origin[2]) / spacing[2]), 0, prob.shape[2] - 1))
@@ -512,6 +649,7 @@ def measure_aorta(
             continue
         diameter, ends = result
         sections.append(Section(centre.copy(), normal.copy(), diameter, ends, counted))
+        reaches.append(float(reach[i]))
 
     warnings: list[str] = []
 
@@ -523,12 +661,20 @@ def measure_aorta(
         if counted_total == 0:
             return unmeasurable("the aorta found does not reach the levels where the diameter is measured")
         return unmeasurable("no cross-section of the aorta could be measured within the scanned range")
-    best = max(valid, key=lambda s: s.diameter_mm)
+    best_at = max((i for i, s in enumerate(sections) if s.counted), key=lambda i: sections[i].diameter_mm)
+    best = sections[best_at]
     if best.diameter_mm > MAX_PLAUSIBLE_MM:
         return unmeasurable(f"the segmented aorta is implausible (largest cross-section {best.diameter_mm:.0f} mm)")
     if best.diameter_mm < MIN_PLAUSIBLE_MM:
         return unmeasurable(
             f"the segmented aorta is implausibly thin (largest cross-section {best.diameter_mm:.1f} mm)"
+        )
+    cut = planes.region(best.centre_mm, best.normal, PIXEL_MM, reaches[best_at])
+    solidity = _solidity(cut.region, PIXEL_MM, PIXEL_MM) if not isinstance(cut, str) else 1.0
+    if solidity < MIN_CUT_SOLIDITY:
+        return unmeasurable(
+            "the segmented region is implausible for an aorta: its cross-section at the maximum is crab-like or "
+            f"fragmented (solidity {solidity:.2f})"
         )
     z_first, z_last = origin[2], origin[2] + (prob.shape[2] - 1) * spacing[2]
     if min(best.centre_mm[2] - z_first, z_last - best.centre_mm[2]) <= EDGE_MM:

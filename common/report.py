@@ -14,6 +14,7 @@ import hashlib
 import html
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -205,6 +206,10 @@ def _overview_png(
         if m.mask.any():
             silhouette = m.mask.any(axis=axis).T.astype(np.float32)  # the whole component, projected
             ax.contour(hx, zz, silhouette, levels=[0.5], colors=[_OUTLINE], linewidths=1.0)
+            if not m.measurable:  # found but refused: say what the outline is, and that it was not measured
+                ax.text(0.5, 0.02, "outline: the region found - not measured", transform=ax.transAxes,
+                        color=_OUTLINE, fontsize=9, weight="bold", ha="center", va="bottom",
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "black", "ec": "none", "alpha": 0.6})  # fmt: skip
         if len(m.centreline_mm):
             ax.plot(m.centreline_mm[:, horiz], m.centreline_mm[:, 2], color=_CENTRELINE, linewidth=1.2)
         if m.max_section is not None and m.max_diameter_mm is not None:
@@ -234,7 +239,7 @@ def _overview_png(
     if m.measurable and m.max_diameter_mm is not None:
         head = f"maximum diameter {m.max_diameter_mm:.1f} mm (outer to outer, perpendicular to the centreline)"
     else:
-        head = f"not measurable: {printable(m.reason, 160)}"
+        head = textwrap.fill(f"not measurable: {printable(m.reason, 200)}", 100, break_on_hyphens=False)
     fig.suptitle(f"{printable(name, TITLE_LIMIT)}{' - ' + verdict if verdict else ''}\n{head}", fontsize=11)
     fig.savefig(path)
     plt.close(fig)
@@ -257,8 +262,8 @@ def write_study_report(
     ``image`` is the CT on ``prob``'s grid, shown through ``window`` (low, high; e.g. (-160, 240) for HU);
     ``level`` must be the one ``m`` was measured at. ``stem`` is :func:`safe_stem` of ``name`` (the name
     itself appears, printable and capped, in the titles). A study that is not measurable gets the
-    overview only, titled with the reason. Returns ``{"section": file name or "", "overview": file name}``,
-    relative to ``out_dir``.
+    overview only, titled with the reason (what was found, if anything, is outlined). Returns
+    ``{"section": file name or "", "overview": file name}``, relative to ``out_dir``.
     """
     image = np.asarray(image)
     prob = np.asarray(prob)

@@ -177,6 +177,76 @@ def test_maximum_at_the_edge_warns():
     assert any("edge of the scanned range" in w for w in m.warnings)
 
 
+def test_the_tube_is_measured_not_the_larger_blob():
+    # a 22 mm aorta 200 mm long, and a 56 mm ball (a network's false positive on a hip bone) of larger volume
+    shape = (96, 96, 80)  # 144 x 144 x 240 mm
+    affine, p = grid(shape)
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    tube = np.maximum(np.hypot(x - 25.0, y) - 11.0, np.abs(z) - 100.0)
+    ball = np.sqrt((x + 35.0) ** 2 + y**2 + (z + 80.0) ** 2) - 28.0
+    assert (ball < 0).sum() > (tube < 0).sum()
+    m = measure_aorta(np.maximum(soft(tube), soft(ball)), affine)
+    assert m.measurable, m.reason
+    assert abs(m.max_diameter_mm - 22.0) < 1.5
+    assert m.mask[tube < -1.0].all() and not m.mask[ball < 0].any()
+    # the aorta seen weakly, in 60 mm pieces: a piece of it is still preferred to the ball
+    pieces = np.maximum(np.hypot(x - 25.0, y) - 11.0, np.abs(((z + 200.0) % 70.0) - 35.0) - 30.0)
+    m = measure_aorta(np.maximum(soft(pieces), soft(ball)), affine)
+    assert m.measurable and abs(m.max_diameter_mm - 22.0) < 1.5 and not m.mask[ball < 0].any()
+
+
+def crab(x, y, z, half_height=30.0):
+    """Signed distance of a crab-like blob: an ellipsoid body with six fins 45 mm long radiating in-plane."""
+    d = np.sqrt((x / 18.0) ** 2 + (y / 14.0) ** 2 + (z / half_height) ** 2) * 14.0 - 14.0
+    for angle in np.radians([20, 60, 160, 200, 300, 340]):
+        u = np.array([np.cos(angle), np.sin(angle)])
+        t = np.clip(x * u[0] + y * u[1], 0.0, 45.0)
+        fin = np.maximum(np.hypot(x - t * u[0], y - t * u[1]) - 4.0, np.abs(z) - 0.8 * half_height)
+        d = np.minimum(d, fin)
+    return d
+
+
+def finned_tube(x, y, z):
+    """A 22 mm tube with six 3 mm-thick fins reaching 40 mm out over 30 mm of its length."""
+    d = np.hypot(x, y) - 11.0
+    for angle in np.radians(np.arange(0, 360, 60)):
+        u = np.array([np.cos(angle), np.sin(angle)])
+        t = np.clip(x * u[0] + y * u[1], 0.0, 40.0)
+        d = np.minimum(d, np.maximum(np.hypot(x - t * u[0], y - t * u[1]) - 3.0, np.abs(z) - 15.0))
+    return d
+
+
+def beads(x, y, z):
+    """44 mm discs 6 mm thick every 12 mm, strung on a 10 mm rod: the area jumps from slice to slice."""
+    rho = np.hypot(x, y)
+    return np.maximum(np.where(np.abs(z) % 12.0 < 6.0, rho - 22.0, rho - 5.0), np.abs(z) - 80.0)
+
+
+def disc(x, y, z):
+    """A compact 90 mm disc 50 mm thick: wider than long, in a 180 mm scan."""
+    return np.maximum(np.hypot(x, y) - 45.0, np.abs(z) - 25.0)
+
+
+@pytest.mark.parametrize(
+    "shape, why",
+    [
+        (crab, "axial cross-sections are crab-like or fragmented"),
+        (lambda x, y, z: crab(x, y, z, half_height=80.0), "axial cross-sections are crab-like or fragmented"),
+        (finned_tube, "cross-section at the maximum is crab-like or fragmented"),
+        (beads, "changes more than 3-fold between neighbouring slices"),
+        (disc, "mm long and 90 mm wide, in a scan covering 180 mm below the lungs"),
+    ],
+)
+def test_implausible_shapes_are_found_but_not_measured(shape, why):
+    affine, p = grid()
+    prob = soft(shape(p[..., 0], p[..., 1], p[..., 2]))
+    m = measure_aorta(prob, affine)
+    assert m.found and not m.measurable, m.max_diameter_mm
+    assert why in m.reason and "implausible" in m.reason and "\n" not in m.reason
+    assert m.max_diameter_mm is None and m.max_section is None
+    assert m.mask.any() and len(m.centreline_mm)
+
+
 def test_arguments_are_checked():
     prob, affine = revolution(lambda s: np.full_like(s, 12.5), shape=(40, 40, 20))
     rotated = affine.copy()
@@ -233,3 +303,14 @@ def test_report_files_and_index(tmp_path, aneurysm):
     assert "not measurable: " in text and "too short" in text
     assert files["overview"] in text and "http" not in text.replace("http-equiv", "")
     assert safe_stem(hostile) != safe_stem("_b_x_y_b_") and "/" not in safe_stem("short/one")
+
+
+def test_report_of_an_implausible_region(tmp_path):
+    affine, p = grid()
+    prob = soft(crab(p[..., 0], p[..., 1], p[..., 2]))
+    m = measure_aorta(prob, affine)
+    assert m.found and not m.measurable
+    files = write_study_report(tmp_path, "crab", 0.2 + 0.5 * prob, affine, prob, m, {"aaa_present": False})
+    assert files["section"] == "" and (tmp_path / files["overview"]).read_bytes()[:8] == PNG
+    text = write_index(tmp_path, [{"name": "crab", "answer": {}, "files": files, "measurement": m}]).read_text()
+    assert "not measurable: the segmented region is implausible for an aorta" in text
