@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from fedaaa.common.calibration import fit_platt, threshold_for_sensitivity  # no
 from fedaaa.common.config import PREPROCESS  # noqa: E402
 from fedaaa.common.metrics import evaluation_stats, sum_stats, summarize  # noqa: E402
 from fedaaa.common.model import AortaNet, ModelFile, save_model  # noqa: E402
-from fedaaa.common.settings import TrainSettings  # noqa: E402
+from fedaaa.common.settings import ArchSettings, TrainSettings  # noqa: E402
 from fedaaa.common.site import Site, StudySet  # noqa: E402
 from fedaaa.common.training import evaluate_local, pick_device, predict_set, train_local  # noqa: E402
 from fedaaa.simulations.simulate import plot_test, test_global_model  # noqa: E402
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patches", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--res-units", type=int, default=ArchSettings().res_units, help="residual units per U-Net stage")
     ap.add_argument("--train-budget-s", type=float, default=None, help="stop training after this many seconds")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--gen-n", type=int, default=48, help="independent-renderer studies (0: skip)")
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     torch.manual_seed(args.seed)
-    model = AortaNet()
+    model = AortaNet(replace(ArchSettings(), res_units=args.res_units))
     log = []
     t_train = time.perf_counter()
     for epoch in range(1, args.epochs + 1):

@@ -22,7 +22,7 @@ HIST_BIN_MM = 0.5
 HIST_MAX_MM = 150.0
 HIST_BINS = int(HIST_MAX_MM / HIST_BIN_MM)  # measured diameters 0-150 mm in 0.5 mm bins
 TARGET_SENSITIVITY = 0.97
-SLOPE_RANGE = (1e-3, 20.0)  # per mm
+SLOPE_RANGE = (1e-3, 1.5)  # per mm: no sharper than a measurement error of about 1-2 mm allows
 CENTER_RANGE = (5.0, 150.0)  # mm
 
 
@@ -96,9 +96,12 @@ def fit_platt(hist_pos: Sequence[float], hist_neg: Sequence[float]) -> Calibrati
         h = w * p * (1 - p)
         hess = np.array([[(h * xs * xs).sum(), (h * xs).sum()], [(h * xs).sum(), h.sum()]]) + 1e-6 * np.eye(2)
         step = np.linalg.solve(hess, g)
+        step *= min(1.0, 0.5 / max(abs(step[0]), 1e-12), 5.0 / max(abs(step[1]), 1e-12))  # damped Newton
         a, b = a - step[0], b - step[1]
         if np.abs(step).max() < 1e-8:
             break
+    if not a > SLOPE_RANGE[0]:  # larger diameters are not more often AAA here: no fit to trust
+        return Calibration(fitted_on=int(n_pos + n_neg))
     slope = float(np.clip(a, *SLOPE_RANGE))
     center = float(np.clip(AAA_THRESHOLD_MM - b / a if a > 0 else AAA_THRESHOLD_MM, *CENTER_RANGE))
     return Calibration(slope, center, int(n_pos + n_neg))

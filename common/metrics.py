@@ -68,7 +68,8 @@ def evaluation_stats(
 
     ``measured`` is each study's measured maximum diameter (NaN when the aorta was not measurable: such a
     study counts as not called AAA); a study is called AAA at ``cut_mm`` or more. The histograms of the
-    measured diameters (0.5 mm bins) by true class give the AUROC and the calibration fit."""
+    measured diameters (0.5 mm bins) by true class give the AUROC (over the measured studies) and the
+    calibration fit; studies not measured are counted in ``unmeasured`` only."""
     aaa = np.asarray(aaa).astype(bool)
     measured = np.asarray(measured, dtype=float)
     ok = np.isfinite(measured)
@@ -76,6 +77,7 @@ def evaluation_stats(
     known = ok & np.isfinite(diam_true)
     err = measured[known] - np.asarray(diam_true, dtype=float)[known]
     bins = diameter_bins(np.nan_to_num(measured, nan=0.0))
+    pos, neg = aaa & ok, ~aaa & ok  # the histograms hold measured diameters only (for AUROC and calibration)
     return {
         "num-examples": int(len(measured)),
         "tp": int((pred & aaa).sum()),
@@ -91,8 +93,8 @@ def evaluation_stats(
         "dice-inter": int(sum(c[0] for c in dice_counts)),
         "dice-pred": int(sum(c[1] for c in dice_counts)),
         "dice-true": int(sum(c[2] for c in dice_counts)),
-        "hist-pos": np.bincount(bins[aaa], minlength=HIST_BINS).tolist(),
-        "hist-neg": np.bincount(bins[~aaa], minlength=HIST_BINS).tolist(),
+        "hist-pos": np.bincount(bins[pos], minlength=HIST_BINS).tolist(),
+        "hist-neg": np.bincount(bins[neg], minlength=HIST_BINS).tolist(),
     }
 
 

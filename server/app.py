@@ -243,6 +243,7 @@ class RecordingStrategy(FedAvg):
             return None, None
         arrays, metrics = super().aggregate_train(server_round, trained)
         if metrics is not None:
+            metrics["label_free_sites"] = len(readable) - len(trained)  # took part, trained nothing
             self.recorder.record(server_round, "train", dict(metrics))
         return arrays, metrics
 

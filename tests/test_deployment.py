@@ -103,5 +103,8 @@ def test_superlink_and_two_supernodes_train_a_round(tiny_federation, cache_dir, 
     assert last["train_sites"] == 2 and last["train_examples"] == n_train
     assert last["val_sites"] == 2 and last["val_n"] == n_val
     assert load_model(out / "global_model.safetensors").round == 1
-    cached = list((tmp_path / "node0-cache").glob("*.npy"))
-    assert len(cached) == len(Site(tiny_federation[0]).split("train")) + len(Site(tiny_federation[0]).split("val"))
+    site = Site(tiny_federation[0])
+    cached = [p for p in (tmp_path / "node0-cache").glob("*.npy") if not p.name.endswith(".label.npy")]
+    labels = list((tmp_path / "node0-cache").glob("*.label.npy"))
+    assert len(cached) == len(site.split("train")) + len(site.split("val"))
+    assert len(labels) == len(site.masked(site.split("train") + site.split("val")))  # each label beside its input

@@ -169,8 +169,10 @@ def _predict_problems(r: dict, inputs: list[str]) -> list[str]:
             problems.append(f"{path}: neither an answer nor an error: {line[:200]}")
         if error is not None and not _short(error):
             problems.append(f"{path}: error is not one short line: {error[:200]!r}")
-        if error is None and not math.isfinite(answer["aaa_probability"]):
+        if error is None and answer.get("measurable") and not math.isfinite(answer["aaa_probability"]):
             problems.append(f"{path}: non-finite probability")
+        if error is None and not answer.get("measurable") and not _short(str(answer.get("reason", ""))):
+            problems.append(f"{path}: not measurable without a short reason: {line[:200]}")
     return problems
 
 

@@ -126,7 +126,10 @@ def test_predict_answers_one_json_line_per_damaged_input(damages, base_study, ba
             assert damage[0] != "intact", answer
         else:
             assert damage[0] not in ("missing", "pixel_spacing", "nifti_zoom"), answer
-            assert 0.0 <= answer["aaa_probability"] <= 1.0 and math.isfinite(answer["max_diameter_mm"])
+            if answer["measurable"]:
+                assert 0.0 <= answer["aaa_probability"] <= 1.0 and math.isfinite(answer["max_diameter_mm"])
+            else:  # an untrained network: the answer says why there is no number
+                assert answer["reason"] and answer["max_diameter_mm"] is None
     assert code == (2 if any("error" in a for a in answers) else 0)
 
 

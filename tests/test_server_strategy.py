@@ -133,6 +133,7 @@ def _expected(server_round: int) -> dict:
         "train_loss": sum(m["train-loss"] * m["num-examples"] for m in train) / examples,
         "train_examples": examples,
         "train_sites": len(nodes),
+        "label_free_sites": 0,
         "skipped_studies": sum(m["skipped-studies"] for m in train),
         **{f"val_{k}": v for k, v in val.items()},
         "val_sites": len(nodes),
