@@ -216,9 +216,9 @@ def test_malformed_metadata_is_refused_in_one_line(case, valid, study, tmp_path,
 
 
 def _state_cases(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    first = "unet.model.0.conv.unit0.conv.weight"
+    first = next(k for k in state if k.endswith("conv.weight"))  # the first convolution: (8, 1, 3, 3, 3)
     last = list(state)[-1]  # the output convolution's bias
-    second = "unet.model.1.submodule.0.conv.unit0.conv.weight"
+    second = [k for k in state if k.endswith("conv.weight")][1]  # (16, 8, 3, 3, 3): transposed is (8, 16, ...)
     nan, inf = dict(state), dict(state)
     nan[first] = state[first].clone()
     nan[first][0, 0, 0, 0, 0] = math.nan
