@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         md += f"\nUnmodified real CT: called {'AAA' if r['pred_aaa'] else 'no AAA'}, {fmt(r['pred_d'], 1)} mm (reference {r['true_d']:.1f} mm)."
     aaa_heavy = [r for r in heavy if r["aaa"]]
     if aaa_heavy:
-        lumen_err = np.mean([abs(r["pred_d"] - r["lumen_d"]) for r in aaa_heavy])
-        outer_err = np.mean([abs(r["pred_d"] - r["true_d"]) for r in aaa_heavy])
+        lumen_err = np.nanmean([abs(r["pred_d"] - r["lumen_d"]) for r in aaa_heavy])
+        outer_err = np.nanmean([abs(r["pred_d"] - r["true_d"]) for r in aaa_heavy])
         md += (
             f"\n\nThrombus-heavy aneurysms: mean |prediction - lumen diameter| {lumen_err:.1f} mm, "
             f"|prediction - outer diameter| {outer_err:.1f} mm."
