@@ -23,6 +23,7 @@ from fedaaa.common.io import read_study
 from fedaaa.common.metrics import auroc_from_histograms, evaluation_stats, sum_stats, summarize
 from fedaaa.common.model import AortaNet, ModelFile, load_model, save_model, segmentation_loss
 from fedaaa.common.preprocess import PreprocessSettings, load_study_input, preprocess_volume
+from fedaaa.common.segment import NO_ABDOMEN, abdominal_levels, measure_input
 from fedaaa.common.settings import ArchSettings
 from fedaaa.common.site import Site, StudySet
 from fedaaa.common.training import TrainSettings, evaluate_local, train_local
@@ -190,3 +191,21 @@ def test_statistics_add_up_and_give_auroc():
     assert auroc_from_histograms([0, 5], [5, 0]) == 1.0 and auroc_from_histograms([5, 0], [0, 5]) == 0.0
     assert auroc_from_histograms([3, 3], [3, 3]) == pytest.approx(0.5)
     assert not any(isinstance(v, list) and len(v) == len(measured) for v in s.values())  # no per-study values
+
+
+def test_a_scan_without_abdominal_levels_is_not_measured():
+    # Lungs (air) fill much of every slice's central box: a chest-only scan has no abdominal aorta to measure,
+    # whatever the network outputs.
+    image = torch.full((1, 64, 64, 40), 0.3)
+    image[:, 4:28, 8:56, :] = 0.0  # one lung
+    image[:, 36:60, 8:56, :] = 0.0  # the other
+    assert not abdominal_levels(image[0].numpy()).any()
+    image[:, :, :, :20] = 0.3  # the lower half is abdomen
+    levels = abdominal_levels(image[0].numpy())
+    assert levels[:20].all() and not levels[20:].any()
+    chest = torch.full((1, 64, 64, 40), 0.3)
+    chest[:, 4:28, 8:56, :] = chest[:, 36:60, 8:56, :] = 0.0
+    _, m = measure_input(
+        AortaNet(ArchSettings(patch_size=(32, 32, 16))), chest, np.diag([1.5, 1.5, 3.0, 1.0]), torch.device("cpu")
+    )
+    assert not m.measurable and m.reason == NO_ABDOMEN and m.max_diameter_mm is None
