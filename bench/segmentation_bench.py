@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generalisation import main as generalisation_main  # noqa: E402
 
 from fedaaa.common.cache import InputCache  # noqa: E402
-from fedaaa.common.calibration import fit_platt, threshold_for_sensitivity  # noqa: E402
+from fedaaa.common.calibration import calibrate  # noqa: E402
 from fedaaa.common.config import PREPROCESS  # noqa: E402
 from fedaaa.common.metrics import evaluation_stats, sum_stats, summarize  # noqa: E402
 from fedaaa.common.model import AortaNet, ModelFile, save_model  # noqa: E402
@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = sum_stats(
         [evaluation_stats(np.array([r["diameter"] for r in rows], float), np.array(val.aaa), np.array(val.diameters))]
     )
-    cal = fit_platt(stats["hist-pos"], stats["hist-neg"])
-    threshold = threshold_for_sensitivity(stats["hist-pos"], stats["hist-neg"], cal)
+    cal, threshold = calibrate(stats["hist-pos"], stats["hist-neg"])
     model_path = save_model(
         out / "pooled_model.safetensors",
         ModelFile(

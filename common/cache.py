@@ -1,6 +1,6 @@
 """The on-disk input cache of a site: preprocessed inputs keyed by content, and the content index.
 
-A study becomes a network input once (:func:`~fedaaa.common.preprocess.load_study`); the result, or its
+A study becomes a network input once (:func:`~fedaaa.common.preprocess.load_study_input`); the result, or its
 refusal, is stored here under a key made of the study's bytes, the preprocessing settings and the pipeline
 version, so every later round, and every fresh process, reads it back instead.
 """

@@ -126,6 +126,14 @@ def threshold_for_sensitivity(
     return float(np.clip(calibration.probability(cut), 0.01, 0.99))
 
 
+def calibrate(
+    hist_pos: Sequence[float], hist_neg: Sequence[float], target: float = TARGET_SENSITIVITY
+) -> tuple[Calibration, float]:
+    """Platt scaling and the probability threshold for ``target`` sensitivity, from validation histograms."""
+    cal = fit_platt(hist_pos, hist_neg)
+    return cal, threshold_for_sensitivity(hist_pos, hist_neg, cal, target)
+
+
 def reliability(prob: np.ndarray, truth: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per probability bin: mean predicted probability, observed AAA fraction and count (empty bins NaN)."""
     prob, truth = np.asarray(prob, dtype=float), np.asarray(truth, dtype=float)

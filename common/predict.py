@@ -124,6 +124,10 @@ class ReportRequest:
         self.entries.append({"name": str(path), "answer": answer, "files": files})
         return files
 
+    def add_refused(self, path: str | Path, answer: dict) -> None:
+        """List a refused input in the index with its reason (it has no pictures)."""
+        self.entries.append({"name": str(path), "answer": answer, "files": {}})
+
     def finish(self) -> Path:
         from fedaaa.common.report import write_index
 

@@ -308,7 +308,7 @@ class Site:
     ) -> LoadedSplit:
         """Model inputs and labels of one split; unusable studies are skipped with a logged reason.
 
-        Every study goes through :func:`~fedaaa.common.preprocess.load_study` (via the cache), as in
+        Every study goes through :func:`~fedaaa.common.preprocess.load_study_input` (via the cache), as in
         ``fedaaa predict`` and ``fedaaa site check``."""
         cache = cache or InputCache(settings)
         studies = self.split(split)

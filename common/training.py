@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -63,7 +64,9 @@ def training_transform(patch_size: tuple[int, ...], samples: int) -> Compose:
     )
 
 
-def _batches(data: StudySet, settings: TrainSettings, patch_size: tuple[int, ...], rng: np.random.Generator):  # noqa: ANN202
+def _batches(
+    data: StudySet, settings: TrainSettings, patch_size: tuple[int, ...], rng: np.random.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of (images, labels) batches of random augmented patches from the masked studies."""
     transform = training_transform(patch_size, settings.patches_per_study)
     transform.set_random_state(seed=int(rng.integers(2**31)))

@@ -111,6 +111,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 "error": f"{_shown_path(path)}: cannot be processed ({type(exc).__name__}: {describe(exc)})",
             }
         refused += "error" in answer
+        if report is not None and "error" in answer:
+            report.add_refused(path, answer)
         if args.json:
             print(json.dumps(answer), flush=True)  # ensure_ascii: every control character is escaped
             continue

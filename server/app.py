@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
 
-from fedaaa.common.calibration import TARGET_SENSITIVITY, Calibration, fit_platt, threshold_for_sensitivity
+from fedaaa.common.calibration import TARGET_SENSITIVITY, Calibration, calibrate
 from fedaaa.common.clinical import AAA_THRESHOLD_MM
 from fedaaa.common.config import PREPROCESS, ROUND_KEYS, RunSettings
 from fedaaa.common.metrics import sum_stats, summarize
@@ -149,9 +149,7 @@ class FederationRecorder:
         if not self._histograms:
             cal = Calibration()
             return cal, float(cal.probability(AAA_THRESHOLD_MM))
-        pos, neg = self._histograms[max(self._histograms)]
-        cal = fit_platt(pos, neg)
-        return cal, threshold_for_sensitivity(pos, neg, cal, TARGET_SENSITIVITY)
+        return calibrate(*self._histograms[max(self._histograms)])
 
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower's ``evaluate_fn``: called before round 1 (round 0) and after every round."""

@@ -376,3 +376,23 @@ def test_predict_answers_every_input_even_after_an_unforeseen_failure(
     assert "RuntimeError" in answers[0]["error"] and "\n" not in answers[0]["error"]
     assert answers[1]["error"].endswith("unsafe path: the study path is a FIFO, not a regular file or a folder")
     assert "error" not in answers[2]
+
+
+def test_predict_report_dir_writes_pictures_and_an_index(tmp_path, tiny_federation, model_file, capsys):
+    """``--report-dir``: per study the overview (and the cross-section when measured), an index naming each input
+    (escaped) and linking its pictures; a refused input is listed with its reason."""
+    study = str(Site(tiny_federation[0]).studies[0].path)
+    empty = tmp_path / "<b>empty&"
+    empty.mkdir()
+    report = tmp_path / "report"
+    code = main(["predict", "--json", "--model", str(model_file), study, str(empty), "--report-dir", str(report)])
+    out, _ = capsys.readouterr()
+    answers = [json.loads(line) for line in io.StringIO(out)]
+    assert code == 2 and [a["input"] for a in answers] == [study, str(empty)]
+    files = answers[0]["report"]
+    assert files["overview"] and (report / files["overview"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if answers[0]["measurable"]:
+        assert (report / files["section"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (report / "index.html").read_text()
+    assert f'href="{files["overview"]}"' in page and "&lt;b&gt;empty&amp;" in page and "<b>empty" not in page
+    assert "refused" in page and "empty folder" in page
