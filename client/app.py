@@ -18,6 +18,7 @@ from fedaaa.common.cache import InputCache
 from fedaaa.common.config import PREPROCESS, RunSettings
 from fedaaa.common.errors import ConfigError
 from fedaaa.common.model import AortaNet
+from fedaaa.common.privacy import LedgerStore, PrivacySettings, check_network, train_private
 from fedaaa.common.site import LoadedSplit, Site
 from fedaaa.common.training import evaluate_local, pick_device, train_local
 
@@ -50,7 +51,18 @@ route_fedaaa_logs_to_flower()
 _LOADED: dict[tuple[str, str], LoadedSplit] = {}
 
 # The only metric keys a hospital ever sends.
-TRAIN_KEYS = {"train-loss", "num-examples", "skipped-studies"}
+TRAIN_KEYS = {
+    "train-loss",
+    "num-examples",
+    "skipped-studies",
+    "site-index",  # simulation only: the virtual hospital's partition (deployed sites are indexed by the server)
+    # Every site sends these (Flower aggregates only replies with the same keys); dp-target-epsilon 0: no DP
+    "dp-target-epsilon",
+    "dp-epsilon",  # the epsilon spent in this run so far (cumulative)
+    "dp-delta",
+    "dp-refused",  # 1: this round would have exceeded the site's budget; it trained nothing
+}
+NO_DP = {"dp-target-epsilon": 0.0, "dp-epsilon": 0.0, "dp-delta": 0.0, "dp-refused": 0}
 EVALUATE_KEYS = {
     "num-examples",
     "tp",
@@ -83,6 +95,33 @@ def site_folder(context: Context, settings: RunSettings) -> Path:
             f"no site folder for this node: set node config data-path (partition {partition}, {len(sites)} sites)"
         )
     return Path(sites[partition])
+
+
+def site_privacy(context: Context, settings: RunSettings) -> PrivacySettings | None:
+    """The hospital's own DP choice, from its node config. A simulated hospital (no ``data-path``, a
+    ``partition-id``) takes the researcher's ``sim-dp-epsilon`` instead: one value for every site or one per
+    partition. A deployed site ignores that key, so a coordinator can never set a site's privacy."""
+    if "data-path" in context.node_config or "partition-id" not in context.node_config:
+        return PrivacySettings.from_node_config(context.node_config)
+    values = [v.strip() for v in settings.sim_dp_epsilon.split(",") if v.strip()]
+    if not values:
+        return None
+    partition = int(context.node_config["partition-id"])
+    value = values[0] if len(values) == 1 else values[partition] if partition < len(values) else "0"
+    if float(value) == 0:
+        return None
+    config = {"dp-epsilon": value}
+    if settings.sim_dp_max_grad_norm > 0:
+        config["dp-max-grad-norm"] = str(settings.sim_dp_max_grad_norm)
+    if settings.sim_dp_rounds > 0:
+        config["dp-rounds"] = str(settings.sim_dp_rounds)
+    return PrivacySettings.from_node_config(config)
+
+
+def state_dir(context: Context) -> Path | None:
+    """The site's own writable state folder (privacy ledger), from node config ``state-dir``."""
+    value = context.node_config.get("state-dir")
+    return Path(str(value)) if value else None
 
 
 def _split(context: Context, settings: RunSettings, split: str) -> LoadedSplit:
@@ -129,8 +168,14 @@ def _reply(msg: Message, metrics: dict, allowed: set[str], arrays: ArrayRecord |
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     settings, server_round, device, model, split = _prepare(msg, context, "train")
-    metrics = train_local(model, split.data, settings.train_settings(server_round), device)
+    privacy = site_privacy(context, settings)
+    if privacy is None:
+        metrics = train_local(model, split.data, settings.train_settings(server_round), device) | NO_DP
+    else:
+        metrics = _train_private(model, split, context, settings, server_round, device, privacy)
     metrics["skipped-studies"] = len(split.skipped)
+    if "partition-id" in context.node_config and "data-path" not in context.node_config:
+        metrics["site-index"] = int(context.node_config["partition-id"])
     if metrics["num-examples"]:
         log.info(
             "round %d: trained on %d labelled studies (%d skipped), loss %.4f",
@@ -139,11 +184,49 @@ def train(msg: Message, context: Context) -> Message:
             len(split.skipped),
             metrics["train-loss"],
         )
-    else:  # a site without aorta labels validates and calibrates; its weights do not count in the average
+    elif not split.data.masked:  # a site without aorta labels validates and calibrates; its weights do not count
         log.info(
             "round %d: no study with an aorta label at this site: nothing to train, weights unchanged", server_round
         )
     return _reply(msg, metrics, TRAIN_KEYS, ArrayRecord(model.cpu().state_dict()))
+
+
+def _train_private(
+    model: AortaNet,
+    split: LoadedSplit,
+    context: Context,
+    settings: RunSettings,
+    server_round: int,
+    device: torch.device,
+    privacy: PrivacySettings,
+) -> dict:
+    """DP-SGD under the site's budget; the reply carries the cumulative epsilon, and a refusal when the round
+    would exceed the budget (the site trains nothing this round; it still evaluates)."""
+    check_network(model)
+    store = LedgerStore(state_dir(context), context.state)
+    metrics, outcome = train_private(
+        model,
+        split.data,
+        settings.train_settings(server_round),
+        device,
+        privacy,
+        store,
+        run=str(context.run_id),
+        server_round=server_round,
+        planned_rounds=settings.num_server_rounds,
+    )
+    if outcome.trained:
+        log.info("round %d: DP epsilon spent %.3f of %g", server_round, outcome.epsilon, outcome.target_epsilon)
+    elif split.data.masked:
+        log.warning("round %d: DP budget: not training: %s", server_round, outcome.reason)
+    ledger = store.load(str(context.run_id))
+    metrics |= {
+        "dp-epsilon": round(outcome.epsilon, 6),
+        "dp-target-epsilon": outcome.target_epsilon,
+        "dp-refused": int(not outcome.trained and bool(split.data.masked)),
+    }
+    metrics["dp-delta"] = ledger.delta if ledger is not None else 0.0
+    return metrics
 
 
 @app.evaluate()

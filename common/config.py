@@ -30,6 +30,11 @@ class RunSettings:
     output_dir: str = ""  # server: absolute folder for checkpoints, history and the final model
     cache_dir: str = ""  # client: preprocessed-input cache ("" = FEDAAA_CACHE_DIR or ~/.cache/fedaaa)
     device: str = "auto"
+    # simulation only (a deployed hospital sets DP in its own node config and ignores these): every virtual
+    # hospital's dp-epsilon ("8"), or one per site ("8,3,0"; 0 = no DP), and the clipping norm (0 = default)
+    sim_dp_epsilon: str = ""
+    sim_dp_max_grad_norm: float = 0.0
+    sim_dp_rounds: int = 0  # the rounds each DP site spends its budget over (0: all); it refuses the rest
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
@@ -60,6 +65,14 @@ class RunSettings:
             raise ConfigError("fraction-train must be in (0, 1] and fraction-evaluate in [0, 1]")
         if self.learning_rate <= 0:
             raise ConfigError("learning-rate must be positive")
+        try:
+            dp = [float(v) for v in self.sim_dp_epsilon.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"sim-dp-epsilon must be numbers separated by commas, not {self.sim_dp_epsilon!r}"
+            ) from None
+        if any(not (0 <= e <= 100) for e in dp) or self.sim_dp_max_grad_norm < 0 or self.sim_dp_rounds < 0:
+            raise ConfigError("sim-dp-epsilon must be in [0, 100], sim-dp-max-grad-norm and sim-dp-rounds at least 0")
 
     def site_list(self) -> list[str]:
         return [s.strip() for s in self.sites.split(",") if s.strip()]

@@ -93,6 +93,7 @@ def _json_safe(value: Any) -> Any:
 class _Round:
     train: Figures = field(default_factory=dict)
     evaluate: Figures = field(default_factory=dict)
+    sites: list[dict[str, Any]] = field(default_factory=list)  # per hospital (opaque index): examples, DP
     elapsed_s: float | None = None  # set when the round has ended (its checkpoint is written)
 
     @property
@@ -114,6 +115,7 @@ class FederationRecorder:
         self.arch = arch
         self._rounds: dict[int, _Round] = {}
         self._histograms: dict[int, tuple[list[float], list[float]]] = {}  # round -> summed val histograms
+        self._node_index: dict[int, int] = {}  # Flower node id -> opaque site index (order of first reply)
         self._t0 = time.time()
         (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
@@ -124,15 +126,47 @@ class FederationRecorder:
 
     @property
     def trained_rounds(self) -> int:
-        return sum(1 for k, r in self._rounds.items() if k > 0 and r.train)
+        return sum(1 for k, r in self._rounds.items() if k > 0 and r.train.get("train_examples", 0) > 0)
 
     def checkpoint_path(self, server_round: int) -> Path:
         return self.output_dir / "checkpoints" / f"round-{server_round:03d}.safetensors"
 
-    def record(self, server_round: int, stage: Stage, figures: Mapping[str, float | int]) -> None:
-        """Keep one stage's aggregated figures of ``server_round``."""
+    def site_index(self, node_id: int) -> int:
+        """An opaque index for a deployed hospital (0, 1, ... in the order its first reply arrived)."""
+        return self._node_index.setdefault(node_id, len(self._node_index))
+
+    def site_entries(self, replies: Iterable[Message]) -> list[dict[str, Any]]:
+        """Per hospital that answered a training round, by opaque index (a simulated hospital's partition,
+        a deployed one's order of arrival; never a path or name): studies trained on and, for a site under
+        DP, the epsilon it has spent in this run so far, its target and whether it refused the round."""
+        entries = []
+        for msg in replies:
+            if msg.has_error():
+                continue
+            m = msg.content[METRICS_RECORD]
+            index = int(m["site-index"]) if "site-index" in m else self.site_index(msg.metadata.src_node_id)
+            entry: dict[str, Any] = {"site": index, "examples": int(m.get("num-examples", 0))}
+            if float(m.get("dp-target-epsilon", 0.0)) > 0:  # a site under DP
+                entry |= {
+                    "dp_epsilon": float(m["dp-epsilon"]),
+                    "dp_target_epsilon": float(m.get("dp-target-epsilon", math.nan)),
+                    "dp_refused": bool(int(m.get("dp-refused", 0))),
+                }
+            entries.append(entry)
+        return sorted(entries, key=lambda e: e["site"])
+
+    def record(
+        self,
+        server_round: int,
+        stage: Stage,
+        figures: Mapping[str, float | int],
+        sites: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Keep one stage's aggregated figures of ``server_round`` (and, for training, the per-site entries)."""
         r = self._rounds.setdefault(server_round, _Round())
         setattr(r, stage, dict(figures))
+        if sites is not None:
+            r.sites = list(sites)
         if r.ended:  # the round already has its checkpoint: bring it and the history up to date
             state, _ = read_model_file(self.checkpoint_path(server_round))
             self._write_checkpoint(server_round, state)
@@ -174,7 +208,7 @@ class FederationRecorder:
         if not self.trained_rounds:
             raise RuntimeError("no hospital returned a model update in any round; see the node logs")
         history = self.history
-        summary = dict(history[-1]) if history else {}
+        summary = {k: v for k, v in history[-1].items() if k != "sites"} if history else {}
         cal, threshold = self.calibration()
         summary |= {
             "threshold_diameter_mm": round(cal.diameter_at(threshold), 2),
@@ -198,10 +232,12 @@ class FederationRecorder:
         entry: dict[str, Any] = {"round": server_round, "elapsed_s": r.elapsed_s}
         if server_round > 0:
             entry |= r.train | r.evaluate
+            if r.sites:
+                entry["sites"] = r.sites
         return entry
 
     def _write_checkpoint(self, server_round: int, state: Mapping[str, torch.Tensor]) -> None:
-        summary = {k: v for k, v in self._entry(server_round).items() if k != "elapsed_s"}
+        summary = {k: v for k, v in self._entry(server_round).items() if k not in ("elapsed_s", "sites")}
         meta = ModelMeta(arch=self.arch, preprocess=PREPROCESS, round=server_round, summary=summary)
         write_model_file(self.checkpoint_path(server_round), state, meta)
 
@@ -237,12 +273,19 @@ class RecordingStrategy(FedAvg):
         # average, and a round in which no hospital trained keeps the current model.
         trained = [m for m in readable if m.has_error() or int(m.content[METRICS_RECORD].get("num-examples", 0)) > 0]
         if readable and not trained:
-            log.warning("round %d: no hospital trained (no aorta labels): the model is unchanged", server_round)
+            log.warning(
+                "round %d: no hospital trained (no aorta labels or no privacy budget left): the model is unchanged",
+                server_round,
+            )
+            self.recorder.record(server_round, "train", {"train_sites": 0}, sites=self.recorder.site_entries(readable))
             return None, None
         arrays, metrics = super().aggregate_train(server_round, trained)
         if metrics is not None:
-            metrics["label_free_sites"] = len(readable) - len(trained)  # took part, trained nothing
-            self.recorder.record(server_round, "train", dict(metrics))
+            sites = self.recorder.site_entries(readable)
+            refused = sum(1 for e in sites if e.get("dp_refused"))
+            metrics["dp_refused_sites"] = refused  # over their privacy budget: trained nothing
+            metrics["label_free_sites"] = len(readable) - len(trained) - refused  # took part, trained nothing
+            self.recorder.record(server_round, "train", dict(metrics), sites=sites)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,7 +49,9 @@ def test_superlink_and_two_supernodes_train_a_round(tiny_federation, cache_dir, 
         # node 0 starts with an empty cache and decodes in 2 spawned worker processes inside its ClientApp
         node_config = [
             f'data-path="{tiny_federation[0]}" cache-dir="{tmp_path / "node0-cache"}" decode-workers=2',
-            f'data-path="{tiny_federation[1]}" cache-dir="{cache_dir}"',
+            # node 1 opts in to DP in its own node config; its ledger lives in its own state folder
+            f'data-path="{tiny_federation[1]}" cache-dir="{cache_dir}" state-dir="{tmp_path / "node1-state"}" '
+            "dp-epsilon=5 dp-max-grad-norm=0.5",
         ]
         for i in range(len(tiny_federation)):
             node_port = free_port()
@@ -81,7 +84,7 @@ def test_superlink_and_two_supernodes_train_a_round(tiny_federation, cache_dir, 
                 "test",
                 "--stream",
                 "--run-config",
-                f'num-server-rounds=1 local-epochs=1 output-dir="{out}"',
+                f'num-server-rounds=2 local-epochs=1 output-dir="{out}"',
             ],
             capture_output=True,
             text=True,
@@ -94,17 +97,32 @@ def test_superlink_and_two_supernodes_train_a_round(tiny_federation, cache_dir, 
         for proc, marker in reversed(started):
             stop_process_tree(proc, marker=marker)
 
-    import json
-
     history = json.loads((out / "history.json").read_text())
     last = history["rounds"][-1]
     n_train = sum(len(Site(s).split("train")) for s in tiny_federation)
     n_val = sum(len(Site(s).split("val")) for s in tiny_federation)
     assert last["train_sites"] == 2 and last["train_examples"] == n_train
     assert last["val_sites"] == 2 and last["val_n"] == n_val
-    assert load_model(out / "global_model.safetensors").round == 1
+    assert load_model(out / "global_model.safetensors").round == 2
     site = Site(tiny_federation[0])
     cached = [p for p in (tmp_path / "node0-cache").glob("*.npy") if not p.name.endswith(".label.npy")]
     labels = list((tmp_path / "node0-cache").glob("*.label.npy"))
     assert len(cached) == len(site.split("train")) + len(site.split("val"))
     assert len(labels) == len(site.masked(site.split("train") + site.split("val")))  # each label beside its input
+
+    # DP at node 1: each message ran in a fresh ClientApp process, yet the epsilon each reply carried is the
+    # accountant's figure for all the steps taken so far, read back from the site's own ledger
+    from opacus.accountants import RDPAccountant
+
+    (ledger,) = json.loads((tmp_path / "node1-state" / "privacy-ledger.json").read_text())["runs"].values()
+    assert ledger["rounds_trained"] == [1, 2] and ledger["max_grad_norm"] == 0.5
+    ((sigma, q, steps),) = ledger["history"]  # one entry: same noise and rate, the steps of both rounds
+    per_round = steps // 2
+    for k in (1, 2):
+        (entry,) = [e for e in history["rounds"][k]["sites"] if "dp_epsilon" in e]
+        accountant = RDPAccountant()
+        accountant.history = [(sigma, q, k * per_round)]
+        assert entry["dp_epsilon"] == pytest.approx(accountant.get_epsilon(ledger["delta"]), rel=1e-5)
+        assert not entry["dp_refused"] and entry["dp_target_epsilon"] == 5
+    assert 4.9 <= entry["dp_epsilon"] <= 5.0
+    assert str(tiny_federation[1]) not in json.dumps(history)  # sites by index, never by path

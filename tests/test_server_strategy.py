@@ -134,6 +134,8 @@ def _expected(server_round: int) -> dict:
         "train_examples": examples,
         "train_sites": len(nodes),
         "label_free_sites": 0,
+        "dp_refused_sites": 0,
+        "sites": [{"site": NODES.index(n), "examples": m["num-examples"]} for n, m in zip(nodes, train)],
         "skipped_studies": sum(m["skipped-studies"] for m in train),
         **{f"val_{k}": v for k, v in val.items()},
         "val_sites": len(nodes),
@@ -183,6 +185,10 @@ def _rounds_without_time(history_file: Path) -> list[dict]:
 def _assert_entry(entry: dict, expected: dict) -> None:
     assert set(entry) == set(expected)
     for key, value in expected.items():
+        if key == "sites":  # per hospital by opaque index (the order of its first reply): same studies per site
+            assert sorted(e["examples"] for e in entry[key]) == sorted(e["examples"] for e in value)
+            assert sorted(e["site"] for e in entry[key]) == list(range(len(value))) or len(value) < len(NODES)
+            continue
         if isinstance(value, float) and math.isnan(value):  # undefined (Dice without labels): null in JSON
             assert entry[key] is None or math.isnan(entry[key]), key
             continue
@@ -219,7 +225,8 @@ def test_history_and_checkpoints_hold_each_rounds_own_figures_whatever_the_hook_
         assert set(state) == set(expected_state)
         for name, tensor in state.items():
             torch.testing.assert_close(tensor, expected_state[name])
-        assert meta.summary == pytest.approx({key: v for key, v in rounds[k].items()})  # the round's own entry
+        summary = {key: v for key, v in rounds[k].items() if key != "sites"}  # per-site entries: history only
+        assert meta.summary == pytest.approx(summary)  # the round's own entry
     assert recorder.trained_rounds == 2
 
 
