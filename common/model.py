@@ -57,9 +57,11 @@ class AortaNet(nn.Module):
         return self.unet(x)
 
 
-def segmentation_loss() -> nn.Module:
-    """Dice (over the batch) plus binary cross-entropy on the logits."""
-    return DiceCELoss(sigmoid=True, batch=True)
+def segmentation_loss(per_sample: bool = False) -> nn.Module:
+    """Dice plus binary cross-entropy on the logits. Dice is computed over the whole batch, or, with
+    ``per_sample``, per patch and averaged, so that each patch's loss depends on that patch only (DP-SGD's
+    per-study gradients need a loss that separates by sample)."""
+    return DiceCELoss(sigmoid=True, batch=not per_sample)
 
 
 def initial_state(arch: ArchSettings = ArchSettings()) -> dict[str, torch.Tensor]:

@@ -316,11 +316,19 @@ def train_private(
 def _dp_sgd(
     model: AortaNet, data: StudySet, settings: TrainSettings, device: torch.device, ledger: PrivacyLedger, q: float
 ) -> float:
-    """``settings.local_epochs`` epochs of DP-SGD (AdamW on the clipped, noised gradients); appends the steps
-    to ``ledger.history`` from Opacus' own accountant."""
+    """``settings.local_epochs`` epochs of DP-SGD; appends the steps to ``ledger.history``.
+
+    Opacus does the private part: its ``DPOptimizer`` clips every study's gradient to the ledger's norm,
+    adds Gaussian noise to the sum and scales by the expected batch size before AdamW steps, and its RDP
+    accountant records every step. The per-study gradients are computed one study at a time (a backward
+    pass per sampled patch) rather than by Opacus' per-sample hooks: the network has no coupling between
+    the samples of a batch (InstanceNorm, a per-sample loss), so the two are the same gradients, and for
+    3-D convolutions on a CPU one pass per patch costs little more than the plain batch, where the hooks'
+    unfolded activations cost about three times as much (``bench/dp_bench.py``)."""
     import warnings
 
-    from opacus import PrivacyEngine
+    from opacus.accountants import RDPAccountant
+    from opacus.optimizers import DPOptimizer
 
     torch.seed()  # the augmentation draws, like the sampling and noise, owe nothing to the run's seed
     rng = np.random.default_rng(secrets.randbits(63))
@@ -330,47 +338,45 @@ def _dp_sgd(
         raise RuntimeError(f"sample rate {1.0 / len(loader)} differs from the planned {q}")
     model.to(device).train()
     global_params = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu > 0 else None
-    with warnings.catch_warnings():  # "Secure RNG turned off": see docs/privacy.md on the noise's generator
-        warnings.filterwarnings("ignore", message="Secure RNG", category=UserWarning)
-        engine = PrivacyEngine(accountant=ACCOUNTANT)
-    engine.accountant.history = list(ledger.history)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    private, optimizer, loader = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=loader,
+    accountant = RDPAccountant()
+    accountant.history = list(ledger.history)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = DPOptimizer(
+        torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay),
         noise_multiplier=ledger.noise_multiplier,
         max_grad_norm=ledger.max_grad_norm,
-        poisson_sampling=False,  # the loader above already samples (with an OS-seeded generator)
-        noise_generator=_os_generator(device),
+        expected_batch_size=max(1, round(len(dataset) * q)),
+        loss_reduction="mean",
+        generator=_os_generator(device),
     )
-    loss_fn = segmentation_loss()
+    optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=q))
+    loss_fn = segmentation_loss(per_sample=True)
     total, seen = 0.0, 0
     with warnings.catch_warnings():
-        # the patches carry no gradient (only the weights do), which Opacus' backward hooks remark on every step
-        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-        try:
-            for _ in range(settings.local_epochs):
-                for x, y in _device_batches(loader, device):
-                    optimizer.zero_grad()
-                    if len(x) == 0:  # no study sampled: the step still adds noise (and is counted)
-                        for p in model.parameters():
-                            p.grad_sample = torch.zeros((0, *p.shape), device=device)
-                    else:
-                        loss = loss_fn(private(x), y)
-                        loss.backward()
-                        total += float(loss.detach()) * len(x)
-                        seen += len(x)
-                    optimizer.step()
-                    if global_params is not None:  # FedProx's pull to the global model, applied after the private
-                        with torch.no_grad():  # step (it uses no data, so it costs no privacy)
-                            for p, g in zip(model.parameters(), global_params):
-                                p.sub_(settings.learning_rate * settings.proximal_mu * (p - g))
-        finally:
-            private._close()  # Opacus' hooks and per-sample buffers off the network: plain weights and names again
-            for p in model.parameters():
-                p.grad_sample = None
-    ledger.history = [(float(s), float(r), int(k)) for s, r, k in engine.accountant.history]
+        warnings.filterwarnings("ignore", message="Secure RNG", category=UserWarning)  # see docs/privacy.md
+        for _ in range(settings.local_epochs):
+            for x, y in _device_batches(loader, device):
+                per_study = [torch.empty((len(x), *p.shape), device=device) for p in params]
+                for i in range(len(x)):  # each sampled study's own gradient (none sampled: noise only)
+                    model.zero_grad(set_to_none=True)
+                    loss = loss_fn(model(x[i : i + 1]), y[i : i + 1])
+                    loss.backward()
+                    for g, p in zip(per_study, params):
+                        g[i] = p.grad
+                    total += float(loss.detach())
+                seen += len(x)
+                for g, p in zip(per_study, params):
+                    p.grad_sample = g
+                optimizer.step()  # clip each study, sum, add noise, scale, AdamW; the accountant counts it
+                optimizer.zero_grad(set_to_none=True)
+                if global_params is not None:  # FedProx's pull to the global model, applied after the private
+                    with torch.no_grad():  # step (it uses no data, so it costs no privacy)
+                        for p, g in zip(model.parameters(), global_params):
+                            p.sub_(settings.learning_rate * settings.proximal_mu * (p - g))
+    for p in params:
+        p.grad_sample = None
+        p.grad = None
+    ledger.history = [(float(s), float(r), int(k)) for s, r, k in accountant.history]
     return total / max(seen, 1)
 
 

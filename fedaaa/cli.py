@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # the command line imports its heavy parts only in the subcom
     from rich.progress import Progress
 
     from fedaaa.common.config import RunSettings
+    from fedaaa.simulations.simulate import SimulationPlan
 
 EXIT_REFUSED = 2
 
@@ -52,7 +53,14 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         learning_rate=args.learning_rate,
         proximal_mu=args.proximal_mu,
         seed=args.seed,
+        sim_dp_epsilon=getattr(args, "dp_epsilon", None),
+        device=getattr(args, "device", None),
+        cache_dir=getattr(args, "cache_dir", None),
     )
+
+
+# `fedaaa simulate --compare --quick`: a comparison that finishes in about 20 minutes on 2 CPU cores
+QUICK = {"studies_per_site": 24, "rounds": 4, "local_epochs": 2}
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -61,6 +69,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from fedaaa.simulations.simulate import SimulationPlan, simulate
 
     output = Path(args.output).resolve()
+    if args.quick:
+        if not args.compare:
+            raise CLIError("--quick goes with --compare")
+        defaults = build_parser().parse_args(["simulate", "--output", "x"])
+        for name, value in QUICK.items():  # what the command line left at its default
+            if getattr(args, name) == getattr(defaults, name):
+                setattr(args, name, value)
     plan = SimulationPlan(
         output_dir=output,
         data_dir=Path(args.data).resolve() if args.data else output / "data",
@@ -72,6 +87,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if plan.n_sites < 2:
         raise CLIError("a federation needs at least 2 sites")
     console = Console(stderr=True)
+    if args.compare:
+        return _compare(plan, args, console)
     test = simulate(plan, _run_settings(args), console)
     print(
         f"Held-out test ({test['n']} studies, {test['n_aaa']} AAA): AUROC {test['auroc']:.3f}, "
@@ -82,6 +99,51 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         f"Model: {output / 'global_model.safetensors'}\nHistory: {output / 'history.json'}\n"
         f"Learning curve: {output / 'learning_curve.png'}"
     )
+    return 0
+
+
+def _compare(plan: SimulationPlan, args: argparse.Namespace, console: Console) -> int:
+    from fedaaa.simulations.compare import CompareSettings, compare, headline, sizes
+
+    try:
+        epsilons = tuple(float(e) for e in args.epsilons.split(",") if e.strip())
+    except ValueError:
+        raise CLIError(f"--epsilons must be comma-separated numbers, not {args.epsilons!r}") from None
+    if not epsilons or any(not 0 < e <= 100 for e in epsilons):
+        raise CLIError("--epsilons must be numbers in (0, 100]")
+    options = CompareSettings(epsilons=epsilons, proximal_mu=args.compare_mu)
+    arms = compare(plan, _run_settings(args), options, console)
+    root = plan.output_dir / "compare"
+    print((root / "comparison.md").read_text())
+    for line in headline(arms, sizes(sorted(p for p in plan.data_dir.iterdir() if (p / "manifest.csv").is_file()))):
+        print(f"- {line}")
+    print(f"Table and plots: {root}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fedaaa.common.cache import InputCache
+    from fedaaa.common.config import PREPROCESS
+    from fedaaa.simulations.baselines import train_centralised
+    from fedaaa.simulations.simulate import round_table
+
+    sites = [Path(s).resolve() for s in args.sites]
+    for s in sites:
+        if not (s / "manifest.csv").is_file():
+            raise CLIError(f"{_shown_path(str(s))}: not a site folder (no manifest.csv)")
+    output = Path(args.output).resolve()
+    settings = _run_settings(args)
+    cache = InputCache(PREPROCESS, settings.cache_dir or None)
+    console = Console(stderr=True)
+    groups = [sites] if args.mode == "pooled" else [[s] for s in sites]
+    for group in groups:
+        out = output if args.mode == "pooled" else output / group[0].name
+        with console.status(f"{args.mode}: training on {', '.join(s.name for s in group)}"):
+            history = train_centralised(group, out, settings, cache)
+        console.print(round_table(history))
+        print(f"Model: {out / 'global_model.safetensors'}")
     return 0
 
 
@@ -284,7 +346,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--learning-rate", type=float, default=d.learning_rate, help=f"AdamW learning rate (default {d.learning_rate})"
     )
     p.add_argument("--proximal-mu", type=float, default=d.proximal_mu, help="FedProx mu; 0 is FedAvg (default 0)")
+    p.add_argument(
+        "--dp-epsilon",
+        help="DP-SGD at every simulated hospital with this target epsilon for the run, or one per site ('8,3,0')",
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="run FedAvg, FedProx, pooled, local-only and FedAvg with DP at each --epsilons on the same hospitals; "
+        "write OUTPUT/compare/comparison.md, .csv and plots",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smaller defaults for --compare (studies per site {QUICK['studies_per_site']}, rounds {QUICK['rounds']}, "
+        f"local epochs {QUICK['local_epochs']}): about 20 minutes on 2 CPU cores",
+    )
+    p.add_argument("--epsilons", default="1,3,8", help="--compare: the DP arms' epsilons (default %(default)s)")
+    p.add_argument("--compare-mu", type=float, default=0.01, help="--compare: FedProx mu (default %(default)s)")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser(
+        "train",
+        help="train without federation on site folders: pooled (all data in one place) or local-only (each site alone)",
+    )
+    p.add_argument("sites", nargs="+", metavar="SITE", help="site folders (manifest.csv and studies)")
+    p.add_argument("--mode", choices=("pooled", "local"), required=True, help="pooled: one model; local: one per site")
+    p.add_argument("--output", required=True, help="folder for the model (local: one subfolder per site)")
+    p.add_argument(
+        "--rounds", type=int, default=d.num_server_rounds, help="blocks of --local-epochs epochs (default %(default)s)"
+    )
+    p.add_argument("--local-epochs", type=int, default=d.local_epochs, help="epochs per block (default %(default)s)")
+    p.add_argument(
+        "--learning-rate", type=float, default=d.learning_rate, help="AdamW learning rate (default %(default)s)"
+    )
+    p.add_argument("--proximal-mu", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=d.seed, help="training seed (default %(default)s)")
+    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    p.add_argument(
+        "--cache-dir", default=None, help="preprocessed-input cache (default FEDAAA_CACHE_DIR or ~/.cache/fedaaa)"
+    )
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", help="run a model on CT studies (DICOM folders, multi-frame files, NIfTI)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="study folders, Enhanced CT files or .nii/.nii.gz files")

@@ -33,7 +33,16 @@ from fedaaa.common.settings import ArchSettings
 log = logging.getLogger("flwr.fedaaa.server")
 app = ServerApp()
 
-__all__ = ["ROUND_KEYS", "FederationRecorder", "app", "evaluate_figures", "main", "make_strategy", "train_figures"]
+__all__ = [
+    "ROUND_KEYS",
+    "FederationRecorder",
+    "app",
+    "evaluate_figures",
+    "json_safe",
+    "main",
+    "make_strategy",
+    "train_figures",
+]
 
 # The record name a hospital's reply carries its statistics under (see fedaaa.client.app._reply).
 METRICS_RECORD = "metrics"
@@ -78,14 +87,14 @@ def _finite(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN: non-finite floats become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -246,7 +255,7 @@ class FederationRecorder:
         for k in ("sites", "output-dir", "cache-dir"):  # local paths stay out of the shared record
             doc["settings"].pop(k, None)
         tmp = self.output_dir / "history.json.tmp"
-        tmp.write_text(json.dumps(_json_safe(doc), indent=2, allow_nan=False, default=str))
+        tmp.write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False, default=str))
         tmp.replace(self.output_dir / "history.json")
 
 

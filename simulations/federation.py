@@ -142,6 +142,7 @@ def run_local_federation(
         min_nodes=min(settings.min_nodes, len(sites)),
     )
     cpus = cpus_per_client or max(1, os.cpu_count() or 1)
+    gpus = 1.0 if settings.device != "cpu" and _cuda_available() else 0.0  # virtual hospitals take turns on one GPU
     log_file = output_dir / "federation.log"
     env = dict(os.environ)
     env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
@@ -152,10 +153,16 @@ def run_local_federation(
     # SIGTERM must unwind like Ctrl-C, so the finally blocks below stop what we started.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
-        return _run(sites, output_dir, settings, cpus, log_file, env, on_round, on_line)
+        return _run(sites, output_dir, settings, (cpus, gpus), log_file, env, on_round, on_line)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _main_thread() -> bool:
@@ -170,7 +177,7 @@ def _run(
     sites: list[Path],
     output_dir: Path,
     settings: RunSettings,
-    cpus: int,
+    resources: tuple[int, float],
     log_file: Path,
     env: dict[str, str],
     on_round: Callable[[int, int], None] | None,
@@ -185,8 +192,8 @@ def _run(
             '[superlink]\ndefault = "fedaaa"\n\n[superlink.fedaaa]\n'
             f'address = "127.0.0.1:{port}"\ninsecure = true\n'
             f"options.num-supernodes = {len(sites)}\n"
-            f"options.backend.client-resources.num-cpus = {cpus}\n"
-            "options.backend.client-resources.num-gpus = 0.0\n"
+            f"options.backend.client-resources.num-cpus = {resources[0]}\n"
+            f"options.backend.client-resources.num-gpus = {resources[1]}\n"
         )
         app_dir = write_app_dir(tmp / "app")
         (tmp / "run_config.toml").write_text(_toml_table(settings.to_run_config()))

@@ -61,39 +61,50 @@ def prepare_inputs(sites: list[Path], cache: InputCache, console: Console) -> No
 
 def test_global_model(model_path: Path, sites: list[Path], cache: InputCache) -> tuple[dict, dict]:
     """Exact metrics of the final model on the test splits, which no round trained or validated on; and the
-    per-study arrays behind them (kept on the researcher's machine, for the plots)."""
+    per-study arrays behind them (kept on the researcher's machine, for the plots), with each study's site."""
     mf = load_model(model_path)
     device = pick_device()
-    measured, labels, truths, dice = [], [], [], []
+    measured, labels, truths, dice, site_names = [], [], [], [], []
     for site in sites:
         split = Site(site).load("test", mf.preprocess, cache)
         if split.data is None:
             continue
         rows = predict_set(mf.model, split.data, device)
         measured += [r["diameter"] for r in rows]
-        dice += [(r["inter"], r["pred"], r["true"]) for r in rows if "inter" in r]
+        dice += [(r["inter"], r["pred"], r["true"]) if "inter" in r else None for r in rows]
         labels += split.data.aaa
         truths += split.data.diameters
+        site_names += [Path(site).name] * len(rows)
     if not measured:
         raise ConfigError("no usable test studies in any site: nothing to test the global model on")
     d, aaa, dtrue = np.array(measured, dtype=float), np.array(labels, dtype=int), np.array(truths, dtype=float)
     prob = np.where(np.isfinite(d), mf.calibration.probability(np.nan_to_num(d, nan=0.0)), 0.0)
-    cut = mf.calibration.diameter_at(mf.threshold)
-    metrics: dict = dict(summarize(evaluation_stats(d, aaa, dtrue, dice, cut_mm=cut)))
-    metrics["auroc"] = float(compute_roc_auc(torch.from_numpy(prob), torch.from_numpy(aaa.astype(np.int64))))
+    arrays = {"measured": d, "truth": dtrue, "aaa": aaa, "prob": prob, "site": np.array(site_names), "dice": dice}
+    return held_out_metrics(arrays, mf.calibration.diameter_at(mf.threshold)) | {
+        "threshold": mf.threshold,
+        "calibration": {"slope_per_mm": mf.calibration.slope_per_mm, "center_mm": mf.calibration.center_mm},
+    }, arrays
+
+
+def held_out_metrics(arrays: dict, cut_mm: float, keep: np.ndarray | None = None) -> dict:
+    """Test metrics of the studies ``keep`` (all by default) of ``arrays`` (see :func:`test_global_model`)."""
+    keep = np.ones(len(arrays["measured"]), dtype=bool) if keep is None else keep
+    d, aaa, dtrue, prob = (arrays[k][keep] for k in ("measured", "aaa", "truth", "prob"))
+    dice = [c for c, k in zip(arrays["dice"], keep) if k and c is not None]
+    metrics: dict = dict(summarize(evaluation_stats(d, aaa, dtrue, dice, cut_mm=cut_mm)))
+    both = len(set(aaa.tolist())) == 2
+    auroc = compute_roc_auc(torch.from_numpy(prob), torch.from_numpy(aaa.astype(np.int64))) if both else math.nan
+    metrics["auroc"] = float(auroc)
     known = np.isfinite(d) & np.isfinite(dtrue)
     err = d[known] - dtrue[known]
     sd = float(err.std(ddof=1)) if len(err) > 1 else math.nan
-    metrics |= {
+    return metrics | {
         "n_aaa": int(aaa.sum()),
-        "threshold": mf.threshold,
-        "threshold_diameter_mm": round(cut, 2),
+        "threshold_diameter_mm": round(cut_mm, 2),
         "loa_low_mm": metrics["diameter_bias_mm"] - 1.96 * sd,
         "loa_high_mm": metrics["diameter_bias_mm"] + 1.96 * sd,
-        "ece": expected_calibration_error(prob, aaa),
-        "calibration": {"slope_per_mm": mf.calibration.slope_per_mm, "center_mm": mf.calibration.center_mm},
+        "ece": expected_calibration_error(prob, aaa) if len(aaa) else math.nan,
     }
-    return metrics, {"measured": d, "truth": dtrue, "aaa": aaa, "prob": prob}
 
 
 def plot_learning_curve(history: dict, test: dict, path: Path) -> Path:
@@ -161,19 +172,25 @@ def plot_test(arrays: dict, test: dict, path: Path) -> Path:
     return path
 
 
+def _dp_cell(entry: dict) -> str:
+    """The epsilon each DP site has spent so far, by site index ("-" for a site without DP; "!" marks a
+    site that refused the round to stay within its budget)."""
+    sites = entry.get("sites", [])
+    if not any("dp_epsilon" in e for e in sites):
+        return "-"
+    return " ".join(
+        f"{e['site']}:{e['dp_epsilon']:.2f}{'!' if e.get('dp_refused') else ''}"
+        if "dp_epsilon" in e
+        else f"{e['site']}:-"
+        for e in sites
+    )
+
+
 def round_table(history: dict) -> Table:
     table = Table(title="Federated rounds (validation splits, aggregated across hospitals)")
-    for col in (
-        "round",
-        "sites",
-        "train loss",
-        "val Dice",
-        "val AUROC",
-        "val sens",
-        "val spec",
-        "val MAE mm",
-        "elapsed s",
-    ):
+    with_dp = any("dp_epsilon" in e for r in history["rounds"] for e in r.get("sites", []))
+    columns = ["round", "sites", "train loss", "val Dice", "val AUROC", "val sens", "val spec", "val MAE mm"]
+    for col in [*columns, *(["DP epsilon spent, per site"] if with_dp else []), "elapsed s"]:
         table.add_column(col, justify="right")
 
     def fmt(v: float | None, spec: str = ".3f") -> str:
@@ -182,7 +199,7 @@ def round_table(history: dict) -> Table:
     for r in history["rounds"]:
         if r["round"] == 0:
             continue
-        table.add_row(
+        cells = [
             str(r["round"]),
             str(r.get("train_sites", "-")),
             fmt(r.get("train_loss"), ".4f"),
@@ -191,14 +208,15 @@ def round_table(history: dict) -> Table:
             fmt(r.get("val_sensitivity"), ".2f"),
             fmt(r.get("val_specificity"), ".2f"),
             fmt(r.get("val_diameter_mae_mm"), ".2f"),
-            fmt(r.get("elapsed_s"), ".0f"),
-        )
+        ]
+        table.add_row(*cells, *([_dp_cell(r)] if with_dp else []), fmt(r.get("elapsed_s"), ".0f"))
     return table
 
 
-def simulate(plan: SimulationPlan, settings: RunSettings, console: Console | None = None) -> dict:
-    """Build (or reuse) synthetic hospitals, federate, and test; returns the test metrics."""
-    console = console or Console(stderr=True)
+def prepare_federation(
+    plan: SimulationPlan, settings: RunSettings, console: Console
+) -> tuple[list[Path], RunSettings, InputCache]:
+    """Build (or reuse) the synthetic hospitals and preprocess every study once into the cache."""
     specs = default_sites(plan.n_sites, plan.studies_per_site, seed=plan.seed, matrix=plan.matrix)
     with console.status("Synthesizing hospitals as DICOM...") as status:
         sites = write_federation(plan.data_dir, specs, progress=lambda msg: status.update(f"Synthesizing {msg}"))
@@ -206,15 +224,27 @@ def simulate(plan: SimulationPlan, settings: RunSettings, console: Console | Non
     settings = settings.with_overrides(cache_dir=str(cache_dir.resolve()))
     cache = InputCache(PREPROCESS, cache_dir)
     prepare_inputs(sites, cache, console)
+    return sites, settings, cache
 
+
+def federate(sites: list[Path], output_dir: Path, settings: RunSettings, console: Console, label: str = "") -> dict:
+    """One federation with a progress bar; returns its history."""
     with _progress(console) as progress:
-        task = progress.add_task("Federated rounds", total=settings.num_server_rounds)
+        task = progress.add_task(f"{label}Federated rounds", total=settings.num_server_rounds)
 
         def on_round(k: int, n: int) -> None:
-            progress.update(task, completed=k - 1, description=f"Federated round {k}/{n}")
+            progress.update(task, completed=k - 1, description=f"{label}Federated round {k}/{n}")
 
-        history = run_local_federation(sites, plan.output_dir, settings, on_round=on_round)
-        progress.update(task, completed=settings.num_server_rounds, description="Federated rounds")
+        history = run_local_federation(sites, output_dir, settings, on_round=on_round)
+        progress.update(task, completed=settings.num_server_rounds, description=f"{label}Federated rounds")
+    return history
+
+
+def simulate(plan: SimulationPlan, settings: RunSettings, console: Console | None = None) -> dict:
+    """Build (or reuse) synthetic hospitals, federate, and test; returns the test metrics."""
+    console = console or Console(stderr=True)
+    sites, settings, cache = prepare_federation(plan, settings, console)
+    history = federate(sites, plan.output_dir, settings, console)
     console.print(round_table(history))
 
     model_path = plan.output_dir / "global_model.safetensors"
