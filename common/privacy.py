@@ -187,10 +187,12 @@ class LedgerStore:
 
     def load(self, run: str) -> PrivacyLedger | None:
         raw = self._runs().get(run)
-        return PrivacyLedger.from_dict(raw) if raw else None
-
-    def all(self) -> list[PrivacyLedger]:
-        return [PrivacyLedger.from_dict(v) for v in self._runs().values()]
+        try:
+            return PrivacyLedger.from_dict(raw) if raw else None
+        except (TypeError, ValueError, KeyError):
+            raise ConfigError(
+                f"{self.path or 'context.state'}: the privacy ledger is damaged; refusing to train"
+            ) from None
 
     def save(self, ledger: PrivacyLedger) -> None:
         runs = self._runs() | {ledger.run: ledger.to_dict()}

@@ -60,7 +60,7 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
 
 
 # `fedaaa simulate --compare --quick`: a comparison that finishes in about 20 minutes on 2 CPU cores
-QUICK = {"studies_per_site": 24, "rounds": 4, "local_epochs": 2}
+QUICK = {"studies_per_site": 20, "rounds": 3, "local_epochs": 2}
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

@@ -494,15 +494,18 @@ def _curve_series(arm: ArmResult, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_learning_curves(arms: list[ArmResult], path: Path) -> Path:
-    """Validation AUROC and validation diameter MAE per round for every arm that has a learning curve."""
+    """Validation Dice, AUROC and diameter MAE per round for every arm that has a learning curve."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     colors = _colors(arms)
     with_curve = [a for a in arms if a.curve]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), layout="constrained")
     handles, labels = [], []
     for ax, (key, ylabel, title) in zip(
         axes,
         (
+            ("val_dice", "validation Dice", "Validation aorta Dice per round"),
             ("val_auroc", "validation AUROC", "Validation AUROC per round"),
             ("val_diameter_mae_mm", "validation diameter MAE (mm)", "Validation diameter error per round"),
         ),
@@ -518,12 +521,13 @@ def plot_learning_curves(arms: list[ArmResult], path: Path) -> Path:
                 color=colors[arm.name],
                 label=arm.name,
             )
-            if key == "val_auroc":
+            if key == "val_dice":
                 handles.append(line)
                 labels.append(arm.name)
         ax.set(xlabel="round (FL) / epoch block (pooled, local)", ylabel=ylabel, title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if key == "val_auroc":
+        if key in ("val_auroc", "val_dice"):
             ax.set_ylim(0.0, 1.02)
         else:
             ax.set_ylim(bottom=0)

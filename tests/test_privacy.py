@@ -183,3 +183,12 @@ def test_only_the_hospital_sets_its_privacy():
     assert client_app.site_privacy(_context({"partition-id": 1}), simulated) is None
     with pytest.raises(ConfigError, match="sim-dp-epsilon"):
         RunSettings(sim_dp_epsilon="8,x").validate()
+
+
+def test_a_damaged_ledger_stops_training_with_one_sentence(tmp_path):
+    (tmp_path / LEDGER_FILE).write_text('{"runs": {"run": {"run": "run", "delta": "x"}}}')
+    with pytest.raises(ConfigError, match="privacy ledger is damaged; refusing to train"):
+        LedgerStore(tmp_path).load("run")
+    (tmp_path / LEDGER_FILE).write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON; refusing to train"):
+        LedgerStore(tmp_path).load("run")
