@@ -59,7 +59,7 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
     )
 
 
-# `fedaaa simulate --compare --quick`: a comparison that finishes in about 20 minutes on 2 CPU cores
+# `fedaaa simulate --compare --quick`: a comparison meant to finish within 20 minutes on 2 CPU cores (docs/results.md)
 QUICK = {"studies_per_site": 20, "rounds": 3, "local_epochs": 2}
 
 
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help=f"smaller defaults for --compare (studies per site {QUICK['studies_per_site']}, rounds {QUICK['rounds']}, "
-        f"local epochs {QUICK['local_epochs']}): about 20 minutes on 2 CPU cores",
+        f"local epochs {QUICK['local_epochs']}): meant to finish within 20 minutes on 2 CPU cores",
     )
     p.add_argument("--epsilons", default="1,3,8", help="--compare: the DP arms' epsilons (default %(default)s)")
     p.add_argument("--compare-mu", type=float, default=0.01, help="--compare: FedProx mu (default %(default)s)")
