@@ -31,8 +31,6 @@ from fedaaa.server.app import FederationRecorder
 
 log = logging.getLogger("fedaaa.baselines")
 
-MODES = ("pooled", "local")
-
 
 def merge(sets: Sequence[StudySet | None]) -> StudySet | None:
     """One study set holding every study of ``sets`` (None when all are empty)."""
