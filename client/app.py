@@ -6,13 +6,19 @@ or per-study predictions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import time
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.logger import FLOWER_LOGGER
+from flwr.common.serde import recorddict_to_proto
 
 from fedaaa.common.cache import InputCache
 from fedaaa.common.config import PREPROCESS, RunSettings
@@ -23,7 +29,48 @@ from fedaaa.common.site import LoadedSplit, Site
 from fedaaa.common.training import evaluate_local, pick_device, train_local
 
 log = logging.getLogger("flwr.fedaaa.client")
-app = ClientApp()
+
+
+def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """With node config ``audit-dir``, every reply this site sends is also written there, for its privacy
+    officer: ``NNNNNN-<type>-round-K.bin`` holds the exact bytes of the reply's records (Flower's protobuf
+    serialisation), and ``.json`` beside it what they are (array names, shapes, dtypes and digests, the
+    metrics and their values). File names carry no identifier."""
+    reply = call_next(msg, context)
+    folder = context.node_config.get("audit-dir")
+    if folder:
+        write_audit(Path(str(folder)), msg, reply)
+    return reply
+
+
+def write_audit(folder: Path, msg: Message, reply: Message) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = msg.content["config"] if not msg.has_error() and "config" in msg.content else {}
+    server_round = int(config.get("server-round", 0))
+    stem = f"{time.time_ns()}-{os.getpid()}-{msg.metadata.message_type}-round-{server_round}"
+    summary: dict = {"message_type": msg.metadata.message_type, "round": server_round, "run": int(msg.metadata.run_id)}
+    if reply.has_error():
+        summary["error"] = reply.error.reason
+        payload = b""
+    else:
+        payload = recorddict_to_proto(reply.content).SerializeToString()
+        summary["arrays"] = {
+            record: {
+                name: {"shape": list(a.shape), "dtype": a.dtype, "sha256": hashlib.sha256(a.data).hexdigest()}
+                for name, a in arrays.items()
+            }
+            for record, arrays in reply.content.array_records.items()
+        }
+        summary["metrics"] = {record: dict(m) for record, m in reply.content.metric_records.items()}
+        summary["configs"] = {record: dict(c) for record, c in reply.content.config_records.items()}
+    summary |= {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    (folder / f"{stem}.bin").write_bytes(payload)
+    path = folder / f"{stem}.json"
+    path.write_text(json.dumps(summary, indent=1, default=str))
+    return path
+
+
+app = ClientApp(mods=[audit_mod])
 
 
 class _ToFlowerLog(logging.Handler):

@@ -24,7 +24,11 @@ class RunSettings:
     proximal_mu: float = _TRAIN.proximal_mu
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
-    min_nodes: int = 2
+    min_nodes: int = 2  # hospitals a round waits for and needs replies from
+    strategy: str = "fedavg"  # fedavg, fedprox (needs proximal-mu), median, trimmed-mean, krum
+    trim_beta: float = 0.2  # trimmed-mean: the fraction cut at each end
+    round_timeout: float = 3600.0  # seconds a round waits for replies; it ends with those that arrived
+    update_norm_ratio: float = 10.0  # an update whose change is this many times the others' median is rejected
     seed: int = _TRAIN.seed  # hospitals train round k with seed + k
     sites: str = ""  # simulation: comma-separated absolute site folders, one per virtual node
     output_dir: str = ""  # server: absolute folder for checkpoints, history and the final model
@@ -63,6 +67,16 @@ class RunSettings:
             raise ConfigError("local-epochs and batch-size must be at least 1")
         if not 0 < self.fraction_train <= 1 or not 0 <= self.fraction_evaluate <= 1:
             raise ConfigError("fraction-train must be in (0, 1] and fraction-evaluate in [0, 1]")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
+        if self.strategy == "fedprox" and self.proximal_mu <= 0:
+            raise ConfigError("strategy fedprox needs proximal-mu > 0")
+        if not 0 <= self.trim_beta < 0.5 or self.round_timeout <= 0 or self.update_norm_ratio <= 1:
+            raise ConfigError("trim-beta must be in [0, 0.5), round-timeout positive and update-norm-ratio above 1")
+        if self.min_nodes < 1:
+            raise ConfigError("min-nodes must be at least 1")
+        if self.output_dir and not self.output_dir.startswith("/"):
+            raise ConfigError(f"output-dir {self.output_dir!r}: give an absolute folder on the coordinator")
         if self.learning_rate <= 0:
             raise ConfigError("learning-rate must be positive")
         try:
@@ -93,6 +107,9 @@ class RunSettings:
 
 
 PREPROCESS = PreprocessSettings()
+
+# The aggregation rules a coordinator can choose (Flower's strategies; see fedaaa.server.app.make_strategy).
+STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "median", "trimmed-mean", "krum")
 
 # The per-round keys: every TrainSettings field a hospital does not derive itself.
 ROUND_KEYS: tuple[str, ...] = TrainSettings.round_keys()

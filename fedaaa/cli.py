@@ -296,6 +296,166 @@ def _print_site_report(report: dict) -> None:
     out.print(table)
 
 
+def _federation_files(args: argparse.Namespace):  # noqa: ANN202 - FederationFiles, imported lazily
+    from fedaaa.common.pki import FederationFiles
+
+    return FederationFiles(Path(args.dir).resolve())
+
+
+def _cmd_federation_init(args: argparse.Namespace) -> int:
+    from fedaaa.common.deploy import coordinator_address, write_connection
+    from fedaaa.common.pki import init_federation
+
+    files = init_federation(Path(args.dir).resolve(), args.address)
+    address = coordinator_address(files, args.port)
+    write_connection(files, address)
+    print(f"CA certificate (give it to every hospital): {files.ca_cert}")
+    print(f"SuperLink certificate for {', '.join(args.address)}: {files.server_cert}")
+    print(f"Private keys (0600, never leave this machine): {files.ca_key}, {files.server_key}")
+    print(f"flwr connection '{address}': FLWR_HOME={files.flwr_home}")
+    print(f"Next: fedaaa federation superlink --dir {files.root} --port {args.port}")
+    return 0
+
+
+def _cmd_federation_add_site(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from fedaaa.common.deploy import flower_env, register_command
+    from fedaaa.common.pki import check_public_key, check_site_name, new_site_key
+
+    files = _federation_files(args)
+    if not files.ca_cert.is_file():
+        raise CLIError(f"{files.root}: no federation there; run `fedaaa federation init` first")
+    name = check_site_name(args.name)
+    public = files.site_public_key(name)
+    if public.exists():
+        raise CLIError(f"site {name!r} already has a key in {files.site_dir(name)}")
+    if args.public_key:  # the hospital made its own key pair: its private key never left the hospital
+        check_public_key(Path(args.public_key))
+        public.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.public_key, public)
+        print(f"Public key of {name}: {public}")
+    else:
+        new_site_key(files.site_key(name), public)
+        shutil.copyfile(files.ca_cert, files.site_dir(name) / "ca.crt")
+        print(f"Key pair of {name}: {files.site_key(name)} (0600) and {public}")
+        print(
+            f"Hand {files.site_key(name)} and {files.site_dir(name) / 'ca.crt'} to the hospital over a secure channel."
+        )
+    cmd = register_command(files, public)
+    if not args.register:
+        print(f"Register it while the SuperLink runs: FLWR_HOME={files.flwr_home} {' '.join(cmd)}")
+        return 0
+    done = subprocess.run(cmd, env=flower_env(files.flwr_home), capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise CLIError(f"registering {name} with the SuperLink failed: {last[0]}")
+    print(f"{name} registered with the SuperLink.")
+    return 0
+
+
+def _cmd_federation_keygen(args: argparse.Namespace) -> int:
+    from fedaaa.common.pki import new_site_key
+
+    out = Path(args.out).resolve()
+    new_site_key(out / "auth.key", out / "auth.key.pub")
+    print(f"Private key (0600, stays here): {out / 'auth.key'}")
+    print(
+        f"Send this public key to the coordinator (fedaaa federation add-site NAME --public-key): {out / 'auth.key.pub'}"
+    )
+    return 0
+
+
+def _cmd_federation_superlink(args: argparse.Namespace) -> int:
+    from fedaaa.common.deploy import INSECURE_WARNING, flower_env, run_logged, superlink_command
+
+    files = _federation_files(args)
+    cmd = superlink_command(files, host=args.host, port=args.port, insecure=args.insecure)
+    (files.root / "state").mkdir(parents=True, exist_ok=True)
+    if args.insecure:
+        print(INSECURE_WARNING, file=sys.stderr, flush=True)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    return run_logged(cmd, flower_env(files.flwr_home), files.root / "logs" / "superlink.log")
+
+
+def _app_dir(given: str | None) -> Path:
+    import tomllib
+
+    def is_app(p: Path) -> bool:
+        try:
+            return "flwr" in tomllib.loads((p / "pyproject.toml").read_text()).get("tool", {})
+        except (OSError, tomllib.TOMLDecodeError):
+            return False
+
+    import fedaaa
+
+    candidates = [Path(given)] if given else [Path.cwd(), Path(fedaaa.__file__).resolve().parents[1]]
+    for c in candidates:
+        if is_app(c):
+            return c.resolve()
+    raise CLIError(f"{candidates[0]}: not the FedAAA app folder (its pyproject.toml); pass --app")
+
+
+def _cmd_federation_run(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from fedaaa.common.config import RunSettings
+    from fedaaa.common.deploy import DEFAULT_PORT, coordinator_address, flower_env, run_command, write_connection
+
+    files = _federation_files(args)
+    output = Path(args.output_dir)
+    if not output.is_absolute():
+        raise CLIError(f"--output-dir {args.output_dir!r}: give an absolute folder on the coordinator")
+    if args.superlink or args.insecure or not (files.flwr_home / "config.toml").is_file():
+        address = args.superlink or (
+            coordinator_address(files, DEFAULT_PORT) if files.server_cert.is_file() else f"127.0.0.1:{DEFAULT_PORT}"
+        )
+        write_connection(files, address, insecure=args.insecure)  # otherwise the connection `init` wrote
+    run_config: dict[str, object] = {"output-dir": str(output)}
+    for key, value in (
+        ("num-server-rounds", args.rounds),
+        ("strategy", args.strategy),
+        ("min-nodes", args.min_hospitals),
+        ("round-timeout", args.round_timeout),
+    ):
+        if value is not None:
+            run_config[key] = value
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CLIError(f"--set {item!r}: use KEY=VALUE")
+        run_config[key] = value
+    settings = RunSettings.from_run_config(run_config)  # refuses unknown keys and bad values here, in one line
+    typed = settings.to_run_config()
+    cmd = run_command(_app_dir(args.app), {k: typed[k.replace("_", "-")] for k in run_config})
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    return subprocess.run(cmd, env=flower_env(files.flwr_home), cwd=_app_dir(args.app)).returncode
+
+
+def _cmd_hospital_start(args: argparse.Namespace) -> int:
+    from fedaaa.common.deploy import INSECURE_WARNING, HospitalConfig, flower_env, run_logged
+
+    config = HospitalConfig.load(
+        Path(args.config) if args.config else None,
+        overrides={"superlink": args.superlink, "data_path": args.data_path, "state_dir": args.state_dir},
+    )
+    print(config.summary(), file=sys.stderr, flush=True)
+    if config.insecure:
+        print(INSECURE_WARNING, file=sys.stderr, flush=True)
+    cmd = config.supernode_command()
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    state = Path(config.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    return run_logged(cmd, flower_env(state / "flwr"), state / "logs" / "supernode.log")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedaaa", description="Federated AAA detection and measurement on CT.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -399,6 +559,63 @@ def build_parser() -> argparse.ArgumentParser:
         "and DIR/index.html for the batch",
     )
     p.set_defaults(func=_cmd_predict)
+
+    fed = sub.add_parser("federation", help="the coordinator's federation: keys, SuperLink, runs").add_subparsers(
+        dest="federation_command", required=True
+    )
+    p = fed.add_parser("init", help="create the federation's CA and the SuperLink's TLS certificate")
+    p.add_argument("--dir", required=True, help="the federation folder (keys, SuperLink state, logs)")
+    p.add_argument(
+        "--address",
+        action="append",
+        required=True,
+        help="an IP address or host name hospitals reach the SuperLink at (repeat for several)",
+    )
+    p.add_argument("--port", type=int, default=9092, help="the SuperLink's port (default %(default)s)")
+    p.set_defaults(func=_cmd_federation_init)
+    p = fed.add_parser("add-site", help="a hospital's node key pair (or its own public key), and its registration")
+    p.add_argument("name", help="the hospital's name in the federation folder (a-z, 0-9, '-')")
+    p.add_argument("--dir", required=True, help="the federation folder")
+    p.add_argument("--public-key", help="register the hospital's own public key (from `fedaaa federation keygen`)")
+    p.add_argument("--register", action="store_true", help="register the key with the running SuperLink now")
+    p.set_defaults(func=_cmd_federation_add_site)
+    p = fed.add_parser("keygen", help="a hospital makes its own node key pair; only the public key leaves it")
+    p.add_argument("--out", required=True, help="folder for auth.key (0600) and auth.key.pub")
+    p.set_defaults(func=_cmd_federation_keygen)
+    p = fed.add_parser("superlink", help="run the SuperLink: TLS and node authentication unless --insecure")
+    p.add_argument("--dir", required=True, help="the federation folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s; 0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=9092, help="port (default %(default)s)")
+    p.add_argument("--insecure", action="store_true", help="local trials only: no TLS, no node authentication")
+    p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    p.set_defaults(func=_cmd_federation_superlink)
+    p = fed.add_parser("run", help="start a training run on the SuperLink and follow it")
+    p.add_argument("--dir", required=True, help="the federation folder")
+    p.add_argument("--output-dir", required=True, help="absolute folder for checkpoints, history and the model")
+    p.add_argument("--rounds", type=int, help=f"FedAvg rounds (default {d.num_server_rounds})")
+    p.add_argument("--strategy", help="fedavg (default), fedprox, median, trimmed-mean or krum")
+    p.add_argument("--min-hospitals", type=int, help=f"hospitals a round needs (default {d.min_nodes})")
+    p.add_argument(
+        "--round-timeout", type=float, help=f"seconds a round waits for replies (default {d.round_timeout:g})"
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other run-config key (repeatable)")
+    p.add_argument("--superlink", help="HOST:PORT (default: the address `init` recorded)")
+    p.add_argument("--insecure", action="store_true", help="talk to an --insecure SuperLink (local trials)")
+    p.add_argument("--app", help="the FedAAA app folder (default: this one)")
+    p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    p.set_defaults(func=_cmd_federation_run)
+
+    hosp = sub.add_parser("hospital", help="a hospital's node").add_subparsers(dest="hospital_command", required=True)
+    p = hosp.add_parser(
+        "start",
+        help="join the federation: settings from --config, FEDAAA_* environment variables and these flags",
+    )
+    p.add_argument("--config", help="hospital.toml (see docs/hospital-it.md)")
+    p.add_argument("--superlink", help="the coordinator's HOST:PORT")
+    p.add_argument("--data-path", help="the site folder (read-only)")
+    p.add_argument("--state-dir", help="the site's writable state folder")
+    p.add_argument("--dry-run", action="store_true", help="check the settings and print the command")
+    p.set_defaults(func=_cmd_hospital_start)
 
     site = sub.add_parser("site", help="a hospital's site folder").add_subparsers(dest="site_command", required=True)
     p = site.add_parser("check", help="validate a site's manifest and every study; print a data-quality report")

@@ -1,120 +1,214 @@
-"""A real deployment on loopback: a SuperLink, two SuperNodes whose site folders arrive through node config."""
+"""A real deployment on loopback, started with the same commands the container images run:
+
+``fedaaa federation init`` / ``superlink`` / ``add-site --register`` / ``run`` at the coordinator and
+``fedaaa hospital start --config hospital.toml`` at each hospital: a SuperLink with TLS and node
+authentication, two registered SuperNodes on their own synthetic site folders. An unregistered node and a
+plaintext client are refused, and every message the hospitals send is audited for what it may carry.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
 
+from fedaaa.client.app import EVALUATE_KEYS, TRAIN_KEYS
 from fedaaa.common.model import load_model
 from fedaaa.common.site import Site
 from fedaaa.simulations.federation import free_port, stop_process_tree, wait_for_port
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
+FEDAAA = str(BIN / "fedaaa")
 
-pytestmark = pytest.mark.slow  # a real SuperLink and two SuperNodes
+pytestmark = pytest.mark.slow  # a real SuperLink and SuperNodes
 
 
-def _start(args: list[str], home: Path, log: Path) -> subprocess.Popen:
-    home.mkdir(parents=True, exist_ok=True)
+def _env(home: Path) -> dict[str, str]:
     env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return env
 
 
-def test_superlink_and_two_supernodes_train_a_round(tiny_federation, cache_dir, tmp_path):
-    port = free_port()
-    started: list[tuple[subprocess.Popen, str]] = []
+class Deployment:
+    """A coordinator's federation folder, its SuperLink and hospitals, all stopped by :meth:`stop`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.fed = root / "fed"
+        self.port = free_port()
+        self.started: list[tuple[subprocess.Popen, list[str]]] = []
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [FEDAAA, *args], capture_output=True, text=True, env=_env(self.root / "home"), timeout=timeout, cwd=ROOT
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    def spawn(self, args: list[str], log: Path, markers: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            args,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            env=_env(self.root / "home"),
+            start_new_session=True,
+            cwd=ROOT,
+        )
+        self.started.append((proc, markers))
+        return proc
+
+    def init(self) -> None:
+        self.cli("federation", "init", "--dir", str(self.fed), "--address", "127.0.0.1", "--port", str(self.port))
+
+    def superlink(self) -> subprocess.Popen:
+        log = self.root / "superlink.out"
+        link = self.spawn(
+            [FEDAAA, "federation", "superlink", "--dir", str(self.fed), "--port", str(self.port)],
+            log,
+            [f"127.0.0.1:{self.port}", str(self.fed)],
+        )
+        wait_for_port(self.port, link, log)
+        return link
+
+    def hospital(self, name: str, data: Path, register: bool = True, **settings: object) -> Path:
+        """A hospital.toml for ``name`` (key pair made and, with ``register``, registered)."""
+        if register:
+            self.cli("federation", "add-site", name, "--dir", str(self.fed), "--register")
+            key, ca = self.fed / "sites" / name / "auth.key", self.fed / "sites" / name / "ca.crt"
+        else:  # a key the SuperLink never saw
+            self.cli("federation", "keygen", "--out", str(self.root / name))
+            key, ca = self.root / name / "auth.key", self.fed / "ca" / "ca.crt"
+        lines = {
+            "superlink": f"127.0.0.1:{self.port}",
+            "ca-certificate": str(ca),
+            "auth-key": str(key),
+            "data-path": str(data),
+            "state-dir": str(self.root / f"{name}-state"),
+            "clientapp-port": free_port(),
+            "audit": True,
+            **settings,
+        }
+        config = self.root / f"{name}.toml"
+        config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in lines.items()))
+        return config
+
+    def start_hospital(self, config: Path) -> subprocess.Popen:
+        name = config.stem
+        port = next(line for line in config.read_text().splitlines() if line.startswith("clientapp-port"))
+        return self.spawn(
+            [FEDAAA, "hospital", "start", "--config", str(config)],
+            self.root / f"{name}.out",
+            [f"{name}-state", f"127.0.0.1:{port.split('=')[1].strip()}"],
+        )
+
+    def stop(self) -> None:
+        for proc, markers in reversed(self.started):
+            for marker in markers:
+                stop_process_tree(proc, marker=marker)
+
+
+def _identifiers(site: Path) -> set[str]:
+    """What would identify a patient or study at this site: from its own DICOM headers, plus its study ids
+    and paths."""
+    found = {str(site)}
+    for study in Site(site).studies:
+        found |= {study.study_id, str(site / study.path)}
+        for f in sorted(p for p in (site / study.path).rglob("*") if p.is_file())[:3]:
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+            except Exception:
+                continue
+            for tag in ("PatientName", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+                value = str(ds.get(tag, "") or "")
+                if len(value) >= 6:
+                    found.add(value)
+    return found
+
+
+def test_tls_node_auth_federation_refuses_strangers_and_sends_only_weights_and_whitelisted_figures(
+    tiny_federation, cache_dir, tmp_path
+):
+    dep = Deployment(tmp_path)
+    out = tmp_path / "out"
     try:
-        link = _start(
-            [
-                str(BIN / "flower-superlink"),
-                "--insecure",
-                "--disable-runtime-dependency-installation",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            tmp_path / "link",
-            tmp_path / "superlink.log",
-        )
-        started.append((link, f"127.0.0.1:{port}"))
-        wait_for_port(port, link, tmp_path / "superlink.log")
-        # node 0 starts with an empty cache and decodes in 2 spawned worker processes inside its ClientApp
-        node_config = [
-            f'data-path="{tiny_federation[0]}" cache-dir="{tmp_path / "node0-cache"}" decode-workers=2',
-            # node 1 opts in to DP in its own node config; its ledger lives in its own state folder
-            f'data-path="{tiny_federation[1]}" cache-dir="{cache_dir}" state-dir="{tmp_path / "node1-state"}" '
-            "dp-epsilon=5 dp-max-grad-norm=0.5",
+        dep.init()
+        dep.superlink()
+        configs = [
+            # node 0 starts with an empty cache (its state folder's) and decodes in 2 worker processes
+            dep.hospital("hospital-a", tiny_federation[0], **{"decode-workers": 2}),
+            # node 1 opts in to DP in its own settings; its ledger lives in its own state folder
+            dep.hospital(
+                "hospital-b",
+                tiny_federation[1],
+                **{"cache-dir": str(cache_dir), "dp-epsilon": 5, "dp-max-grad-norm": 0.5},
+            ),
         ]
-        for i in range(len(tiny_federation)):
-            node_port = free_port()
-            node = _start(
-                [
-                    str(BIN / "flower-supernode"),
-                    "--insecure",
-                    "--superlink",
-                    f"127.0.0.1:{port}",
-                    "--port",
-                    str(node_port),
-                    "--node-config",
-                    node_config[i],
-                ],
-                tmp_path / f"node{i}",
-                tmp_path / f"node{i}.log",
-            )
-            started.append((node, f"127.0.0.1:{node_port}"))
-        (tmp_path / "link" / "config.toml").write_text(
-            f'[superlink]\ndefault = "test"\n[superlink.test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        for config in configs:
+            dep.start_hospital(config)
+
+        # a node whose key was never registered is refused at once
+        rogue = dep.start_hospital(dep.hospital("stranger", tiny_federation[0], register=False))
+        assert rogue.wait(timeout=90) != 0
+        assert "Failed to activate SuperNode" in (tmp_path / "stranger.out").read_text()
+        # a plaintext client cannot talk to the SuperLink at all
+        plain = dep.start_hospital(
+            dep.hospital("plain", tiny_federation[0], register=False, insecure=True, **{"max-retries": 1})
         )
-        out = tmp_path / "out"
-        env = dict(os.environ, FLWR_HOME=str(tmp_path / "link"), FLWR_TELEMETRY_ENABLED="0")
-        # exactly what the README tells a coordinator: `flwr run .` from the repository root
+        assert plain.wait(timeout=90) != 0
+        assert "could not establish a connection" in (tmp_path / "plain.out").read_text()
+
+        # exactly what docs/coordinator.md tells a coordinator to run
         run = subprocess.run(
             [
-                str(BIN / "flwr"),
+                FEDAAA,
+                "federation",
                 "run",
-                ".",
-                "test",
-                "--stream",
-                "--run-config",
-                f'num-server-rounds=2 local-epochs=1 output-dir="{out}"',
+                "--dir",
+                str(dep.fed),
+                "--output-dir",
+                str(out),
+                "--rounds",
+                "2",
+                "--set",
+                "local-epochs=1",
             ],
             capture_output=True,
             text=True,
-            env=env,
+            env=_env(tmp_path / "home"),
             cwd=ROOT,
             timeout=400,
         )
-        assert (out / "global_model.safetensors").is_file(), run.stdout[-3000:]
+        assert (out / "global_model.safetensors").is_file(), run.stdout[-3000:] + run.stderr[-2000:]
     finally:
-        for proc, marker in reversed(started):
-            stop_process_tree(proc, marker=marker)
+        dep.stop()
 
     history = json.loads((out / "history.json").read_text())
     last = history["rounds"][-1]
     n_train = sum(len(Site(s).split("train")) for s in tiny_federation)
     n_val = sum(len(Site(s).split("val")) for s in tiny_federation)
-    assert last["train_sites"] == 2 and last["train_examples"] == n_train
+    assert last["train_sites"] == 2 and last["train_examples"] == n_train and last["rejected_updates"] == 0
     assert last["val_sites"] == 2 and last["val_n"] == n_val
     assert load_model(out / "global_model.safetensors").round == 2
     site = Site(tiny_federation[0])
-    cached = [p for p in (tmp_path / "node0-cache").glob("*.npy") if not p.name.endswith(".label.npy")]
-    labels = list((tmp_path / "node0-cache").glob("*.label.npy"))
+    cache_a = tmp_path / "hospital-a-state" / "cache"
+    cached = [p for p in cache_a.glob("*.npy") if not p.name.endswith(".label.npy")]
+    labels = list(cache_a.glob("*.label.npy"))
     assert len(cached) == len(site.split("train")) + len(site.split("val"))
     assert len(labels) == len(site.masked(site.split("train") + site.split("val")))  # each label beside its input
+    assert (tmp_path / "hospital-a-state" / "logs" / "supernode.log").stat().st_size > 0  # logs in the state
 
     # DP at node 1: each message ran in a fresh ClientApp process, yet the epsilon each reply carried is the
     # accountant's figure for all the steps taken so far, read back from the site's own ledger
     from opacus.accountants import RDPAccountant
 
-    (ledger,) = json.loads((tmp_path / "node1-state" / "privacy-ledger.json").read_text())["runs"].values()
+    (ledger,) = json.loads((tmp_path / "hospital-b-state" / "privacy-ledger.json").read_text())["runs"].values()
     assert ledger["rounds_trained"] == [1, 2] and ledger["max_grad_norm"] == 0.5
     ((sigma, q, steps),) = ledger["history"]  # one entry: same noise and rate, the steps of both rounds
     per_round = steps // 2
@@ -126,3 +220,37 @@ def test_superlink_and_two_supernodes_train_a_round(tiny_federation, cache_dir, 
         assert not entry["dp_refused"] and entry["dp_target_epsilon"] == 5
     assert 4.9 <= entry["dp_epsilon"] <= 5.0
     assert str(tiny_federation[1]) not in json.dumps(history)  # sites by index, never by path
+
+    # Privacy audit: every message each hospital sent (2 rounds x train + evaluate) holds the model's arrays
+    # and whitelisted scalar figures only; none of the site's identifiers is in its messages or its logs.
+    names = {k: list(v.shape) for k, v in load_model(out / "global_model.safetensors").model.state_dict().items()}
+    weight_bytes = sum(4 * math.prod(s) for s in names.values())
+    for config, data in zip(configs, tiny_federation):
+        state = tmp_path / f"{config.stem}-state"
+        sent = sorted((state / "audit").glob("*.json"))
+        assert sorted(json.loads(p.read_text())["message_type"] for p in sent) == ["evaluate"] * 2 + ["train"] * 2
+        secrets = _identifiers(data)
+        assert len(secrets) > 10
+        for summary_path in sent:
+            summary = json.loads(summary_path.read_text())
+            assert "error" not in summary and not any(summary["configs"].values())
+            assert set(summary["metrics"]) == {"metrics"}
+            if summary["message_type"] == "train":
+                assert set(summary["arrays"]) == {"arrays"}
+                assert {k: v["shape"] for k, v in summary["arrays"]["arrays"].items()} == names
+                assert {v["dtype"] for v in summary["arrays"]["arrays"].values()} == {"float32"}
+                assert set(summary["metrics"]["metrics"]) <= TRAIN_KEYS
+                assert summary["bytes"] < weight_bytes + 64 * 1024  # nothing rides along beside the weights
+            else:
+                assert not summary["arrays"] and set(summary["metrics"]["metrics"]) <= EVALUATE_KEYS
+                assert summary["bytes"] < 64 * 1024
+            for value in summary["metrics"]["metrics"].values():
+                assert isinstance(value, int | float) or (isinstance(value, list) and len(value) >= 50)  # histograms
+            payload = summary_path.with_suffix(".bin").read_bytes()
+            assert len(payload) == summary["bytes"]
+            leaked = [s for s in secrets if s.encode() in payload]
+            assert not leaked, leaked
+        logs = (state / "logs" / "supernode.log").read_text() + (tmp_path / f"{config.stem}.out").read_text()
+        assert "round 2: trained on" in logs
+        leaked = [s for s in secrets if s in logs and not s.startswith(str(data))]  # its own folder it may name
+        assert not leaked, leaked

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from fedaaa.common.config import ROUND_KEYS, RunSettings
+from fedaaa.common.errors import ConfigError
 from fedaaa.common.metrics import evaluation_stats, summarize
 from fedaaa.common.model_file import read_model_file
 from fedaaa.common.settings import TrainSettings
@@ -135,6 +136,7 @@ def _expected(server_round: int) -> dict:
         "train_sites": len(nodes),
         "label_free_sites": 0,
         "dp_refused_sites": 0,
+        "rejected_updates": 0,
         "sites": [{"site": NODES.index(n), "examples": m["num-examples"]} for n, m in zip(nodes, train)],
         "skipped_studies": sum(m["skipped-studies"] for m in train),
         **{f"val_{k}": v for k, v in val.items()},
@@ -335,7 +337,7 @@ def test_no_update_in_any_round_is_an_error(tmp_path):
     arrays, metrics = strategy.aggregate_train(1, [_error(n, "train") for n in NODES])
     assert arrays is None and metrics is None
     recorder.end_of_round(1, ArrayRecord(INITIAL))
-    assert _rounds_without_time(tmp_path / "history.json")[1] == {"round": 1}
+    assert _rounds_without_time(tmp_path / "history.json")[1] == {"round": 1, "train_sites": 0}  # nobody answered
     with pytest.raises(RuntimeError, match="no hospital returned a model update"):
         recorder.finish(ArrayRecord(INITIAL), 1)
 
@@ -374,3 +376,146 @@ def test_clinical_constants():
     assert diameter_category(29.9)[0] == "ectatic (25-29 mm)" and diameter_category(30.0)[0] == "AAA 30-34 mm"
     assert [c.upper_mm for c in CATEGORIES] == sorted(c.upper_mm for c in CATEGORIES)
     assert diameter_category(80.0)[1].startswith("vascular surgery referral")
+
+
+# ---- update validation, robust aggregation, resume --------------------------------------------------------
+
+BASE = {"features.w": torch.arange(6, dtype=torch.float32).reshape(2, 3) + 1.0, "head.b": torch.tensor([2.0])}
+
+
+def _honest(node: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(node)
+    return {k: v + 0.005 * torch.randn(v.shape, generator=g) for k, v in BASE.items()}
+
+
+def _train_reply(node: int, state: dict[str, torch.Tensor], examples: int = 4) -> Message:
+    content = RecordDict({"metrics": MetricRecord({"train-loss": 0.5, "num-examples": examples})})
+    content["arrays"] = ArrayRecord({k: v.clone() for k, v in state.items()})
+    return Message(content=content, reply_to=_instruction(node, "train"))
+
+
+def _configured(tmp_path: Path, **settings) -> server.RecordingStrategy:
+    """A strategy that has sent BASE out for round 1 (so it knows what the updates change)."""
+    recorder = _recorder(tmp_path, **settings)
+    strategy = server.make_strategy(recorder.settings, recorder)
+    list(strategy.configure_train(1, ArrayRecord(BASE), ConfigRecord({}), _Grid(lambda m: None)))
+    return strategy
+
+
+def test_bad_updates_are_rejected_with_a_reason_and_the_others_averaged(tmp_path, caplog):
+    strategy = _configured(tmp_path)
+    good = {21: _honest(21), 22: _honest(22), 23: _honest(23)}
+    nan = _honest(24) | {"head.b": torch.tensor([float("nan")])}
+    shape = _honest(25) | {"features.w": torch.ones(3, 2)}
+    dtype = _honest(26) | {"head.b": torch.tensor([2.0], dtype=torch.float64)}
+    names = {"features.w": BASE["features.w"], "head.bias": BASE["head.b"]}
+    scaled = {k: BASE[k] + 100 * (v - BASE[k]) for k, v in _honest(28).items()}  # x100 update
+    replies = [_train_reply(n, s) for n, s in good.items()]
+    replies += [_train_reply(n, s) for n, s in zip((24, 25, 26, 27, 28), (nan, shape, dtype, names, scaled))]
+    logging.getLogger("flwr.fedaaa.server").addHandler(caplog.handler)
+    try:
+        arrays, metrics = strategy.aggregate_train(1, iter(replies))
+    finally:
+        logging.getLogger("flwr.fedaaa.server").removeHandler(caplog.handler)
+    for name, tensor in arrays.to_torch_state_dict().items():  # the mean of the three honest updates only
+        torch.testing.assert_close(tensor, sum(s[name] for s in good.values()) / 3)
+    assert metrics["rejected_updates"] == 5 and metrics["train_sites"] == 3
+    warnings = {r.getMessage() for r in caplog.records if "rejected" in r.getMessage()}
+    for reason in ("NaN or infinite", "has shape (3, 2)", "dtype torch.float64", "weight names differ", "times"):
+        assert sum(reason in w for w in warnings) == 1, (reason, warnings)
+    strategy.recorder.end_of_round(1, arrays)
+    (entry,) = [e for e in json.loads((tmp_path / "history.json").read_text())["rounds"] if e["round"] == 1]
+    assert sum("rejected" in s for s in entry["sites"]) == 5 and entry["rejected_updates"] == 5
+
+
+def test_with_two_hospitals_the_scaled_update_is_the_one_rejected(tmp_path):
+    strategy = _configured(tmp_path)
+    honest = _honest(21)
+    scaled = {k: BASE[k] + 100 * (v - BASE[k]) for k, v in _honest(22).items()}
+    arrays, metrics = strategy.aggregate_train(1, [_train_reply(21, honest), _train_reply(22, scaled)])
+    for name, tensor in arrays.to_torch_state_dict().items():
+        torch.testing.assert_close(tensor, honest[name])
+    assert metrics["rejected_updates"] == 1
+
+
+def test_an_update_larger_than_the_model_is_rejected_even_without_others_to_compare(tmp_path):
+    strategy = _configured(tmp_path, min_nodes=1)
+    replaced = {k: 100 * v for k, v in BASE.items()}
+    arrays, metrics = strategy.aggregate_train(1, [_train_reply(21, replaced)])
+    assert arrays is None and metrics is None  # the model is unchanged
+    # the next round's honest update compares with nothing rejected before it and goes through
+    arrays, _ = strategy.aggregate_train(2, [_train_reply(21, _honest(21))])
+    assert arrays is not None
+
+
+def test_too_few_answers_keep_the_model(tmp_path):
+    strategy = _configured(tmp_path, min_nodes=3)
+    arrays, metrics = strategy.aggregate_train(1, [_train_reply(21, _honest(21)), _error(22, "train")])
+    assert arrays is None and metrics is None
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "expected"),
+    [
+        ("median", "RecordingMedian", lambda states: torch.as_tensor(np.median(torch.stack(states).numpy(), axis=0))),
+        ("trimmed-mean", "RecordingTrimmedMean", lambda states: torch.stack(states).sort(dim=0).values[1:-1].mean(0)),
+        ("krum", "RecordingKrum", None),
+    ],
+)
+def test_robust_aggregation_is_selectable(tmp_path, name, cls, expected):
+    strategy = _configured(tmp_path, strategy=name, trim_beta=0.25)
+    assert type(strategy).__name__ == cls
+    states = [_honest(n) for n in (21, 22, 23, 24)]
+    arrays, _ = strategy.aggregate_train(1, [_train_reply(n, s) for n, s in zip((21, 22, 23, 24), states)])
+    got = arrays.to_torch_state_dict()
+    for key in BASE:
+        if expected is None:  # Krum picks one of the updates as it is
+            assert any(torch.equal(got[key], s[key]) for s in states)
+        else:
+            torch.testing.assert_close(got[key], expected([s[key] for s in states]))
+
+
+def test_a_restarted_coordinator_resumes_from_its_last_checkpoint(tmp_path):
+    """Round 1 of 2 runs, the coordinator stops; a new one on the same folder runs round 2 only, numbered 2,
+    and the history, checkpoints and final model are those of an uninterrupted run."""
+    recorder = _recorder(tmp_path, num_server_rounds=2)
+    strategy = server.make_strategy(recorder.settings, recorder)
+    strategy.start(
+        grid=_Grid(_hospitals),
+        initial_arrays=ArrayRecord(INITIAL),
+        num_rounds=1,
+        train_config=ConfigRecord(recorder.settings.round_config()),
+        evaluate_fn=strategy.end_of_round,
+    )
+    before = json.loads((tmp_path / "history.json").read_text())["rounds"]
+    assert [e["round"] for e in before] == [0, 1]
+
+    again = _recorder(tmp_path, num_server_rounds=2)
+    done, weights = again.resume()
+    assert done == 1
+    for name, tensor in weights.items():
+        torch.testing.assert_close(tensor, _mean_state(1)[name])
+    strategy = server.make_strategy(again.settings, again)
+    strategy.round_offset = done
+    grid = _Grid(_hospitals)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(weights),
+        num_rounds=1,
+        train_config=ConfigRecord(again.settings.round_config()),
+        evaluate_fn=strategy.end_of_round,
+    )
+    assert {int(m.content["config"]["server-round"]) for m in grid.sent} == {2}  # hospitals are told round 2
+    rounds = json.loads((tmp_path / "history.json").read_text())["rounds"]
+    assert [e["round"] for e in rounds] == [0, 1, 2]
+    assert rounds[1] == before[1]  # round 1 as it was written before the restart
+    assert rounds[2]["elapsed_s"] >= rounds[1]["elapsed_s"]  # one continuous clock
+    _assert_entry({k: v for k, v in rounds[2].items() if k != "elapsed_s"}, _expected(2))
+    state, _ = read_model_file(again.finish(result.arrays, 2))
+    for name, tensor in state.items():
+        torch.testing.assert_close(tensor, _mean_state(2)[name])
+
+    other = _recorder(tmp_path, num_server_rounds=3, learning_rate=0.01)  # another run's settings: refused
+    with pytest.raises(ConfigError, match="holds another run.*learning-rate"):
+        other.resume()
+    assert _recorder(tmp_path / "fresh").resume() == (0, None)
