@@ -19,8 +19,9 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
@@ -146,6 +147,7 @@ class HospitalConfig:
     dp_delta: float = 0.0  # 0: 0.1 / training studies
     dp_max_grad_norm: float = 0.0  # 0: the default clipping norm
     dp_rounds: int = 0  # 0: spread the budget over all the run's rounds
+    rejoin_attempts: int = 8  # a refused activation (its previous session not yet expired) is retried this often
     max_retries: int = 0  # connection attempts before giving up (0: keep trying, e.g. while the coordinator restarts)
     audit: bool = False  # write every message this site sends to STATE_DIR/audit (for the privacy officer)
     insecure: bool = False  # local trials only: plaintext, no node authentication
@@ -205,8 +207,11 @@ class HospitalConfig:
             raise ConfigError(f"state-dir {self.state_dir!r}: give the absolute path of a writable folder")
         if self.cache_dir and not Path(self.cache_dir).is_absolute():
             raise ConfigError(f"cache-dir {self.cache_dir!r}: give an absolute path")
-        if min(self.dp_epsilon, self.dp_delta, self.dp_max_grad_norm, self.dp_rounds, self.max_retries) < 0:
-            raise ConfigError("dp-epsilon, dp-delta, dp-max-grad-norm, dp-rounds and max-retries cannot be negative")
+        numbers = (self.dp_epsilon, self.dp_delta, self.dp_max_grad_norm, self.dp_rounds, self.max_retries)
+        if min(*numbers, self.rejoin_attempts) < 0:
+            raise ConfigError(
+                "dp-epsilon, dp-delta, dp-max-grad-norm, dp-rounds, max-retries and rejoin-attempts cannot be negative"
+            )
         if self.insecure:
             return
         for key, value in (("ca-certificate", self.ca_certificate), ("auth-key", self.auth_key)):
@@ -262,10 +267,55 @@ def _kebab(names: Mapping[str, Any]) -> list[str]:
     return [n.replace("_", "-") for n in names]
 
 
+# What a SuperNode prints when the SuperLink refuses to start its session: its key is not registered, or the
+# SuperLink still holds the session of this hospital's previous process (it expires after two missed
+# heartbeats, about a minute). Its exit status does not tell this apart from other failures.
+NOT_ACTIVATED = "Failed to activate SuperNode"
+REJOIN_WAIT_S = 15.0
+
+
+def run_hospital(
+    config: HospitalConfig, env: Mapping[str, str], log_file: Path | None, out: TextIO = sys.stdout
+) -> int:
+    """The hospital's SuperNode in the foreground. A hospital restarted after a crash is refused until the
+    SuperLink lets its previous session go: it tries again ``rejoin-attempts`` times, ``REJOIN_WAIT_S`` apart."""
+    attempt = 0
+    refused: list[str] = []
+    while True:
+        refused.clear()
+        code = run_logged(
+            config.supernode_command(),
+            env,
+            log_file,
+            out,
+            on_line=lambda line: refused.append(line) if NOT_ACTIVATED in line else None,
+        )
+        if code == 0 or not refused or attempt >= config.rejoin_attempts:
+            return code
+        attempt += 1
+        line = (
+            "the SuperLink did not let this hospital in (its previous session has not expired yet, or its key is "
+            f"not registered): trying again in {REJOIN_WAIT_S:.0f} s ({attempt} of {config.rejoin_attempts})\n"
+        )
+        out.write(line)
+        out.flush()
+        if log_file is not None:
+            with log_file.open("a") as f:
+                f.write(line)
+        time.sleep(REJOIN_WAIT_S)
+
+
 # ------------------------------------------------------------------------------------------------- running
-def run_logged(cmd: list[str], env: Mapping[str, str], log_file: Path | None, out: TextIO = sys.stdout) -> int:
-    """Run a Flower process in the foreground, copying its output to ``out`` and (appended) to ``log_file``;
-    SIGTERM and SIGINT are passed on to it, so ``podman stop`` or Ctrl-C stop it cleanly. Returns its exit code."""
+def run_logged(
+    cmd: list[str],
+    env: Mapping[str, str],
+    log_file: Path | None,
+    out: TextIO = sys.stdout,
+    on_line: Callable[[str], object] | None = None,
+) -> int:
+    """Run a Flower process in the foreground, copying its output to ``out`` and (appended) to ``log_file``
+    (and each line to ``on_line``); SIGTERM and SIGINT are passed on to it, so ``podman stop`` or Ctrl-C stop it
+    cleanly. Returns its exit code."""
     handle = None
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -294,6 +344,8 @@ def run_logged(cmd: list[str], env: Mapping[str, str], log_file: Path | None, ou
             out.flush()
             if handle is not None:
                 handle.write(line)
+            if on_line is not None:
+                on_line(line)
 
     reader = threading.Thread(target=copy, daemon=True)
     reader.start()

@@ -438,7 +438,7 @@ def _cmd_federation_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_hospital_start(args: argparse.Namespace) -> int:
-    from fedaaa.common.deploy import INSECURE_WARNING, HospitalConfig, flower_env, run_logged
+    from fedaaa.common.deploy import INSECURE_WARNING, HospitalConfig, flower_env, run_hospital
 
     config = HospitalConfig.load(
         Path(args.config) if args.config else None,
@@ -453,7 +453,7 @@ def _cmd_hospital_start(args: argparse.Namespace) -> int:
         return 0
     state = Path(config.state_dir)
     state.mkdir(parents=True, exist_ok=True)
-    return run_logged(cmd, flower_env(state / "flwr"), state / "logs" / "supernode.log")
+    return run_hospital(config, flower_env(state / "flwr"), state / "logs" / "supernode.log")
 
 
 def build_parser() -> argparse.ArgumentParser:

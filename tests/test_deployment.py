@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pydicom
@@ -21,97 +18,9 @@ import pytest
 from fedaaa.client.app import EVALUATE_KEYS, TRAIN_KEYS
 from fedaaa.common.model import load_model
 from fedaaa.common.site import Site
-from fedaaa.simulations.federation import free_port, stop_process_tree, wait_for_port
-
-BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
-FEDAAA = str(BIN / "fedaaa")
+from tests.deployment import Deployment
 
 pytestmark = pytest.mark.slow  # a real SuperLink and SuperNodes
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    return env
-
-
-class Deployment:
-    """A coordinator's federation folder, its SuperLink and hospitals, all stopped by :meth:`stop`."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.fed = root / "fed"
-        self.port = free_port()
-        self.started: list[tuple[subprocess.Popen, list[str]]] = []
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        done = subprocess.run(
-            [FEDAAA, *args], capture_output=True, text=True, env=_env(self.root / "home"), timeout=timeout, cwd=ROOT
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done
-
-    def spawn(self, args: list[str], log: Path, markers: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            args,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            env=_env(self.root / "home"),
-            start_new_session=True,
-            cwd=ROOT,
-        )
-        self.started.append((proc, markers))
-        return proc
-
-    def init(self) -> None:
-        self.cli("federation", "init", "--dir", str(self.fed), "--address", "127.0.0.1", "--port", str(self.port))
-
-    def superlink(self) -> subprocess.Popen:
-        log = self.root / "superlink.out"
-        link = self.spawn(
-            [FEDAAA, "federation", "superlink", "--dir", str(self.fed), "--port", str(self.port)],
-            log,
-            [f"127.0.0.1:{self.port}", str(self.fed)],
-        )
-        wait_for_port(self.port, link, log)
-        return link
-
-    def hospital(self, name: str, data: Path, register: bool = True, **settings: object) -> Path:
-        """A hospital.toml for ``name`` (key pair made and, with ``register``, registered)."""
-        if register:
-            self.cli("federation", "add-site", name, "--dir", str(self.fed), "--register")
-            key, ca = self.fed / "sites" / name / "auth.key", self.fed / "sites" / name / "ca.crt"
-        else:  # a key the SuperLink never saw
-            self.cli("federation", "keygen", "--out", str(self.root / name))
-            key, ca = self.root / name / "auth.key", self.fed / "ca" / "ca.crt"
-        lines = {
-            "superlink": f"127.0.0.1:{self.port}",
-            "ca-certificate": str(ca),
-            "auth-key": str(key),
-            "data-path": str(data),
-            "state-dir": str(self.root / f"{name}-state"),
-            "clientapp-port": free_port(),
-            "audit": True,
-            **settings,
-        }
-        config = self.root / f"{name}.toml"
-        config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in lines.items()))
-        return config
-
-    def start_hospital(self, config: Path) -> subprocess.Popen:
-        name = config.stem
-        port = next(line for line in config.read_text().splitlines() if line.startswith("clientapp-port"))
-        return self.spawn(
-            [FEDAAA, "hospital", "start", "--config", str(config)],
-            self.root / f"{name}.out",
-            [f"{name}-state", f"127.0.0.1:{port.split('=')[1].strip()}"],
-        )
-
-    def stop(self) -> None:
-        for proc, markers in reversed(self.started):
-            for marker in markers:
-                stop_process_tree(proc, marker=marker)
 
 
 def _identifiers(site: Path) -> set[str]:
@@ -154,37 +63,22 @@ def test_tls_node_auth_federation_refuses_strangers_and_sends_only_weights_and_w
             dep.start_hospital(config)
 
         # a node whose key was never registered is refused at once
-        rogue = dep.start_hospital(dep.hospital("stranger", tiny_federation[0], register=False))
+        rogue = dep.start_hospital(
+            dep.hospital("stranger", tiny_federation[0], register=False, **{"rejoin-attempts": 0})
+        )
         assert rogue.wait(timeout=90) != 0
         assert "Failed to activate SuperNode" in (tmp_path / "stranger.out").read_text()
         # a plaintext client cannot talk to the SuperLink at all
         plain = dep.start_hospital(
-            dep.hospital("plain", tiny_federation[0], register=False, insecure=True, **{"max-retries": 1})
+            dep.hospital(
+                "plain", tiny_federation[0], register=False, insecure=True, **{"max-retries": 1, "rejoin-attempts": 0}
+            )
         )
         assert plain.wait(timeout=90) != 0
         assert "could not establish a connection" in (tmp_path / "plain.out").read_text()
 
         # exactly what docs/coordinator.md tells a coordinator to run
-        run = subprocess.run(
-            [
-                FEDAAA,
-                "federation",
-                "run",
-                "--dir",
-                str(dep.fed),
-                "--output-dir",
-                str(out),
-                "--rounds",
-                "2",
-                "--set",
-                "local-epochs=1",
-            ],
-            capture_output=True,
-            text=True,
-            env=_env(tmp_path / "home"),
-            cwd=ROOT,
-            timeout=400,
-        )
+        run = dep.run(out, "--rounds", "2", "--set", "local-epochs=1")
         assert (out / "global_model.safetensors").is_file(), run.stdout[-3000:] + run.stderr[-2000:]
     finally:
         dep.stop()
