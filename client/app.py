@@ -193,7 +193,7 @@ def _prepare(
     """Settings (run config overridden by what the coordinator sent), round, device, model and data."""
     settings = RunSettings.from_run_config(context.run_config)
     config = msg.content["config"] if "config" in msg.content else {}
-    overrides = {k.replace("-", "_"): v for k, v in config.items() if k != "server-round"}
+    overrides = {k.replace("-", "_"): v for k, v in config.items() if k not in ("server-round", RUN_KEY)}
     settings = settings.with_overrides(**overrides)
     device = pick_device(str(context.node_config.get("device", settings.device)))
     split = _split(context, settings, split_name)
@@ -219,7 +219,7 @@ def train(msg: Message, context: Context) -> Message:
     if privacy is None:
         metrics = train_local(model, split.data, settings.train_settings(server_round), device) | NO_DP
     else:
-        metrics = _train_private(model, split, context, settings, server_round, device, privacy)
+        metrics = _train_private(model, split, context, settings, server_round, device, privacy, _run_key(msg, context))
     metrics["skipped-studies"] = len(split.skipped)
     if "partition-id" in context.node_config and "data-path" not in context.node_config:
         metrics["site-index"] = int(context.node_config["partition-id"])
@@ -246,6 +246,7 @@ def _train_private(
     server_round: int,
     device: torch.device,
     privacy: PrivacySettings,
+    run: str,
 ) -> dict:
     """DP-SGD under the site's budget; the reply carries the cumulative epsilon, and a refusal when the round
     would exceed the budget (the site trains nothing this round; it still evaluates)."""
@@ -258,7 +259,7 @@ def _train_private(
         device,
         privacy,
         store,
-        run=str(context.run_id),
+        run=run,
         server_round=server_round,
         planned_rounds=settings.num_server_rounds,
     )
@@ -266,7 +267,7 @@ def _train_private(
         log.info("round %d: DP epsilon spent %.3f of %g", server_round, outcome.epsilon, outcome.target_epsilon)
     elif split.data.masked:
         log.warning("round %d: DP budget: not training: %s", server_round, outcome.reason)
-    ledger = store.load(str(context.run_id))
+    ledger = store.load(run)
     metrics |= {
         "dp-epsilon": round(outcome.epsilon, 6),
         "dp-target-epsilon": outcome.target_epsilon,
@@ -274,6 +275,16 @@ def _train_private(
     }
     metrics["dp-delta"] = ledger.delta if ledger is not None else 0.0
     return metrics
+
+
+RUN_KEY = "run-key"  # the coordinator's name for a run that outlives a restart (fedaaa.server.app)
+
+
+def _run_key(msg: Message, context: Context) -> str:
+    """The run a DP site's ledger files this round under: the coordinator's run key, which a run resumed after
+    a coordinator restart keeps (a new Flower run id would start a fresh budget), else Flower's run id."""
+    config = msg.content["config"] if "config" in msg.content else {}
+    return str(config.get(RUN_KEY) or context.run_id)
 
 
 @app.evaluate()

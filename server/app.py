@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ __all__ = [
 
 # The record name a hospital's reply carries its statistics under (see fedaaa.client.app._reply).
 METRICS_RECORD = "metrics"
+RUN_KEY = "run-key"  # the round config's run identity that survives a coordinator restart (see resume)
 ARRAYS_RECORD = "arrays"
 
 Stage = Literal["train", "evaluate"]
@@ -161,6 +163,7 @@ class FederationRecorder:
         self._rounds: dict[int, _Round] = {}
         self._histograms: dict[int, tuple[list[float], list[float]]] = {}  # round -> summed val histograms
         self._node_index: dict[int, int] = {}  # Flower node id -> opaque site index (order of first reply)
+        self.run_key = uuid.uuid4().hex  # sent with every round; a resumed run keeps it (DP ledgers file by it)
         self._t0 = time.time()
         (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
@@ -204,6 +207,7 @@ class FederationRecorder:
         self._t0 = time.time() - (self._rounds[last].elapsed_s or 0.0)
         state = self._read_state()
         self._node_index = {int(k): int(v) for k, v in state.get("node_index", {}).items()}
+        self.run_key = str(state.get("run_key") or self.run_key)
         self._histograms = {int(k): (list(v[0]), list(v[1])) for k, v in state.get("histograms", {}).items()}
         weights, _ = read_model_file(self.checkpoint_path(last))
         log.info("resuming %s after round %d (%d rounds in its history)", self.output_dir, last, len(ended) - 1)
@@ -221,7 +225,7 @@ class FederationRecorder:
     def _write_state(self) -> None:
         """What a resumed run needs besides the history: node -> site index, validation histograms (the final
         calibration is fitted on the last round's)."""
-        doc = {"node_index": self._node_index, "histograms": self._histograms}
+        doc = {"run_key": self.run_key, "node_index": self._node_index, "histograms": self._histograms}
         tmp = self._state_path().with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
         tmp.replace(self._state_path())
@@ -302,6 +306,7 @@ class FederationRecorder:
         r.elapsed_s = round(time.time() - self._t0, 1)
         self._write_checkpoint(server_round, arrays.to_torch_state_dict())
         self._write_history()
+        self._write_state()
         if server_round > 0:
             entry = self._entry(server_round)
             log.info(
@@ -609,7 +614,7 @@ def main(grid: Grid, context: Context) -> None:
             initial_arrays=ArrayRecord(weights if weights is not None else initial_state(recorder.arch)),
             num_rounds=settings.num_server_rounds - done,
             timeout=settings.round_timeout,
-            train_config=ConfigRecord(settings.round_config()),
+            train_config=ConfigRecord(settings.round_config() | {RUN_KEY: recorder.run_key}),
             evaluate_fn=strategy.end_of_round,
         )
         # the last aggregate; a resumed run whose new rounds all kept the model ends with its checkpoint

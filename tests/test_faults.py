@@ -162,8 +162,8 @@ def test_a_coordinator_killed_after_round_1_resumes_at_round_2(tiny_federation, 
     try:
         dep.init()
         link = dep.superlink()
-        for name, data in zip(("hospital-a", "hospital-b"), tiny_federation):
-            dep.start_hospital(dep.hospital(name, data))
+        dep.start_hospital(dep.hospital("hospital-a", tiny_federation[0]))
+        dep.start_hospital(dep.hospital("hospital-b", tiny_federation[1], **{"dp-epsilon": 5}))  # under DP
         run = dep.start_run(out, "--rounds", "2", "--set", "local-epochs=1")
         first = out / "checkpoints" / "round-001.safetensors"
         wait_for(lambda: first.is_file() or run.poll() is not None, 400, "round 1's checkpoint")
@@ -187,4 +187,7 @@ def test_a_coordinator_killed_after_round_1_resumes_at_round_2(tiny_federation, 
     assert rounds[2]["elapsed_s"] >= rounds[1]["elapsed_s"]  # one clock across the restart
     assert rounds[2]["train_sites"] == 2
     assert "resuming" in resumed.stdout + resumed.stderr
+    # the DP hospital's budget is one run's across the restart (the coordinator's run key), never a fresh one
+    (ledger,) = json.loads((tmp_path / "hospital-b-state" / "privacy-ledger.json").read_text())["runs"].values()
+    assert ledger["rounds_trained"][0] == 1 and set(ledger["rounds_trained"]) <= {1, 2}
     assert load_model(out / "global_model.safetensors").round == 2
