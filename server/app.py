@@ -214,7 +214,7 @@ class FederationRecorder:
         return last, weights
 
     def _state_path(self) -> Path:
-        return self.output_dir / "checkpoints" / "server-state.json"
+        return self.output_dir / "resume-state.json"
 
     def _read_state(self) -> dict[str, Any]:
         try:

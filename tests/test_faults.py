@@ -6,7 +6,8 @@
   every round's model is exactly the average of the honest hospitals' updates (what a clean run without
   the bad hospital averages);
 - a coordinator killed after round 1 and started again on the same output folder: it resumes at round 2,
-  and the history is one continuous run with no round lost or counted twice.
+  and the history is one continuous run with no round lost or counted twice; a DP hospital whose budget is
+  spent refuses round 2 (still evaluating) while the other trains on.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def test_a_crashed_hospital_and_a_poisoning_one_do_not_stop_or_spoil_the_federat
             "--min-hospitals",
             "1",
             "--round-timeout",
-            "60",
+            "45",
             "--set",
             "local-epochs=1",
             app=_faulty_app(tmp_path / "app"),
@@ -156,14 +157,20 @@ def test_a_crashed_hospital_and_a_poisoning_one_do_not_stop_or_spoil_the_federat
     assert json.dumps(history(out)).count("mallory") == 0
 
 
-def test_a_coordinator_killed_after_round_1_resumes_at_round_2(tiny_federation, tmp_path):
+def test_a_coordinator_killed_after_round_1_resumes_at_round_2_and_a_site_out_of_budget_stops(
+    tiny_federation, tmp_path
+):
+    """Hospital B trains under DP and spends its whole budget in round 1 (dp-rounds 1). The coordinator's
+    machine dies after round 1; restarted on the same folders, it resumes at round 2, where B refuses to train
+    (its budget, filed under the run key the resumed run kept, is spent) but still validates, while A trains
+    on. The history is one continuous run and shows B's epsilon by index."""
     dep = Deployment(tmp_path)
     out = tmp_path / "out"
     try:
         dep.init()
         link = dep.superlink()
         dep.start_hospital(dep.hospital("hospital-a", tiny_federation[0]))
-        dep.start_hospital(dep.hospital("hospital-b", tiny_federation[1], **{"dp-epsilon": 5}))  # under DP
+        dep.start_hospital(dep.hospital("hospital-b", tiny_federation[1], **{"dp-epsilon": 4, "dp-rounds": 1}))
         run = dep.start_run(out, "--rounds", "2", "--set", "local-epochs=1")
         first = out / "checkpoints" / "round-001.safetensors"
         wait_for(lambda: first.is_file() or run.poll() is not None, 400, "round 1's checkpoint")
@@ -173,9 +180,8 @@ def test_a_coordinator_killed_after_round_1_resumes_at_round_2(tiny_federation, 
         crash(f"federation superlink --dir {dep.fed}", str(dep.fed / "state"), f"federation run --dir {dep.fed}")
         run.wait(timeout=30)
         assert link.wait(timeout=30) is not None
-        dep.superlink(
-            "superlink-restarted"
-        )  # same federation folder: registered hospitals and their keys are still known
+        # same federation folder: the registered hospitals and their keys are still known
+        dep.superlink("superlink-restarted")
         resumed = dep.run(out, "--rounds", "2", "--set", "local-epochs=1")
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
     finally:
@@ -185,9 +191,22 @@ def test_a_coordinator_killed_after_round_1_resumes_at_round_2(tiny_federation, 
     assert [e["round"] for e in rounds] == [0, 1, 2]  # none lost, none twice
     assert rounds[1] == before[1]  # round 1 exactly as written before the crash
     assert rounds[2]["elapsed_s"] >= rounds[1]["elapsed_s"]  # one clock across the restart
-    assert rounds[2]["train_sites"] == 2
     assert "resuming" in resumed.stdout + resumed.stderr
-    # the DP hospital's budget is one run's across the restart (the coordinator's run key), never a fresh one
-    (ledger,) = json.loads((tmp_path / "hospital-b-state" / "privacy-ledger.json").read_text())["runs"].values()
-    assert ledger["rounds_trained"][0] == 1 and set(ledger["rounds_trained"]) <= {1, 2}
     assert load_model(out / "global_model.safetensors").round == 2
+
+    first, second = rounds[1], rounds[2]
+    (dp_first,) = [e for e in first["sites"] if "dp_epsilon" in e]
+    assert not dp_first["dp_refused"] and 3.9 <= dp_first["dp_epsilon"] <= 4.0
+    assert first["train_sites"] == 2 and first["dp_refused_sites"] == 0
+    (dp_second,) = [e for e in second["sites"] if "dp_epsilon" in e]
+    (plain_second,) = [e for e in second["sites"] if "dp_epsilon" not in e]
+    assert dp_second["site"] == dp_first["site"]  # the same opaque index across the restart
+    assert dp_second["dp_refused"] and dp_second["examples"] == 0
+    assert dp_second["dp_epsilon"] == dp_first["dp_epsilon"]  # nothing more spent
+    assert second["train_sites"] == 1 and second["dp_refused_sites"] == 1 and second["label_free_sites"] == 0
+    assert plain_second["examples"] > 0 and second["val_sites"] == 2  # the refusing site still evaluates
+    log = (tmp_path / "hospital-b-state" / "logs" / "supernode.log").read_text()
+    assert "DP budget: not training" in log and "past this site's budget of 4" in log
+    # one run in B's ledger across the restart (the coordinator's run key), never a fresh budget
+    (ledger,) = json.loads((tmp_path / "hospital-b-state" / "privacy-ledger.json").read_text())["runs"].values()
+    assert ledger["rounds_trained"] == [1]
