@@ -1,4 +1,4 @@
-"""The `fedaaa` command: synth, simulate, predict, site check. Errors are one line on stderr and exit code 2."""
+"""The `fedaaa` command: synth, simulate, train, predict, site check, federation, hospital. Errors are one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
