@@ -11,12 +11,15 @@ from monai.transforms import (
     Compose,
     RandAdjustContrastd,
     RandAffined,
+    RandBiasFieldd,
     RandCropByPosNegLabeld,
     RandGaussianNoised,
     RandGaussianSmoothd,
+    RandHistogramShiftd,
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandSimulateLowResolutiond,
+    ScaleIntensityRanged,
     SpatialPadd,
 )
 
@@ -36,9 +39,11 @@ def pick_device(preference: str = "auto") -> torch.device:
 
 
 def training_transform(patch_size: tuple[int, ...], samples: int) -> Compose:
-    """Random patches around and away from the aorta (2:1), then what a renderer or a scanner may vary:
-    orientation and size a little, contrast (gamma), brightness, noise, blur and resolution. The labels
-    follow every spatial change."""
+    """Random patches around and away from the aorta (2:1), then what a renderer or a scanner may vary, in
+    the spirit of SynthSeg (Billot et al. 2023: randomise what is not anatomy): orientation and size a
+    little; a random non-linear intensity curve (every tissue's brightness moves against its neighbours'),
+    a smooth bias field, gamma, brightness; blur and resolution down to a 3 mm scan's; noise. The labels
+    follow every spatial change; intensities end clipped to the input's [0, 1]."""
     keys = ["image", "label"]
     return Compose(
         [
@@ -54,12 +59,15 @@ def training_transform(patch_size: tuple[int, ...], samples: int) -> Compose:
                 mode=("bilinear", "nearest"),
                 padding_mode="zeros",
             ),
+            RandHistogramShiftd(keys="image", prob=0.5, num_control_points=(6, 12)),
+            RandBiasFieldd(keys="image", prob=0.3, coeff_range=(0.0, 0.15)),
             RandAdjustContrastd(keys="image", prob=0.5, gamma=(0.6, 1.6)),
             RandScaleIntensityd(keys="image", prob=0.5, factors=0.2),
             RandShiftIntensityd(keys="image", prob=0.5, offsets=0.08),
-            RandGaussianSmoothd(keys="image", prob=0.3, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2), sigma_z=(0.3, 1.0)),
-            RandSimulateLowResolutiond(keys="image", prob=0.25, zoom_range=(0.5, 0.9)),
-            RandGaussianNoised(keys="image", prob=0.5, std=0.04),
+            RandGaussianSmoothd(keys="image", prob=0.5, sigma_x=(0.3, 2.0), sigma_y=(0.3, 2.0), sigma_z=(0.3, 1.5)),
+            RandSimulateLowResolutiond(keys="image", prob=0.25, zoom_range=(0.4, 0.9)),
+            RandGaussianNoised(keys="image", prob=0.5, std=0.05),
+            ScaleIntensityRanged(keys="image", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
         ]
     )
 

@@ -234,6 +234,20 @@ class RenalVein:
 
 
 @dataclass(frozen=True)
+class Crura:
+    """The diaphragmatic crura: two muscle bands wrapped around the upper abdominal aorta with little or no fat
+    between (real upper abdomens have no fat plane there). Above ``arcuate_h`` (the median arcuate ligament) they
+    meet in front of the aorta; below it they part, and each tapers out at its ``low_h`` (left, right: the right crus
+    reaches lower). Muscle HU; never labelled."""
+
+    arcuate_h: float
+    low_h: tuple[float, float]  # (left, right)
+    half_thickness_mm: tuple[float, float]  # (left, right)
+    gap_mm: float  # fat between them and the aorta's outer wall (0: touching)
+    reach: float  # how far round the back each one reaches, as a fraction of a half turn from the front
+
+
+@dataclass(frozen=True)
 class Pelvis:
     """Unlabelled pelvic bones at the caudal end of the scan: iliac wings, sacral alae, acetabula, femoral heads.
     Given for the patient's left (x > 0); the right side is its mirror image, ``shift_mm`` higher. A wing's axial cut
@@ -360,6 +374,7 @@ class Anatomy:
     kidney_gap_mm: float = 10.0  # least fat between a kidney and the aorta (or the IVC)
     bowel_gap_mm: float = 15.0  # least fat between a bowel loop and any vessel (0: abutting)
     distractors: Distractors | None = None  # unlabelled pelvis, bladder, liver, spleen, lung bases (None: none)
+    crura: Crura | None = None  # diaphragmatic crura hugging the upper aorta (None: none)
 
     @property
     def scan_range(self) -> tuple[float, float]:
@@ -671,6 +686,19 @@ def _draw_distractors(rng: np.random.Generator, body: Body, top_h: float, bifurc
     )
 
 
+def _draw_crura(rng: np.random.Generator, top_h: float) -> Crura:
+    """The crura: they meet in front of the aorta 20 mm below to 25 mm above the kidneys' upper poles, end 20-55 mm
+    (left) and 30-75 mm (right) below them, 2-5 mm half thick (the right up to 1.4x), 0-1.5 mm from the wall."""
+    t = rng.uniform(2.0, 5.0)
+    return Crura(
+        arcuate_h=top_h + rng.uniform(-20, 25),
+        low_h=(top_h - rng.uniform(20, 55), top_h - rng.uniform(30, 75)),
+        half_thickness_mm=(t, t * rng.uniform(1.0, 1.4)),
+        gap_mm=rng.uniform(0.0, 1.5),
+        reach=rng.uniform(0.7, 0.9),
+    )
+
+
 def draw_patient(rng: np.random.Generator, kind: str, sex: str) -> Patient:
     """Draw one patient of ``kind`` ("normal" | "ectatic" | "aneurysm") and ``sex`` ("M" | "F") from ``rng``.
     Uses no scanner setting; the order of the draws is fixed (same seed, same patient)."""
@@ -712,6 +740,7 @@ def draw_patient(rng: np.random.Generator, kind: str, sex: str) -> Patient:
         thrombus = replace(thrombus, fill=thin_fill) if kind == "ectatic" and thin_layer else None
     calcifications += _draw_more_calcifications(rng, h_bif, length, bool(calcifications))
     distractors = _draw_distractors(rng, body, length, h_bif)  # after every draw above (they keep their values)
+    crura = _draw_crura(rng, length)  # after every draw above (GENERATOR_VERSION 5)
     aorta = Aorta(
         diameter=diameter,
         x_mm=x0,
@@ -742,5 +771,6 @@ def draw_patient(rng: np.random.Generator, kind: str, sex: str) -> Patient:
         kidney_gap_mm=kidney_gap if thin else 10.0,
         bowel_gap_mm=bowel_gap,
         distractors=distractors,
+        crura=crura,
     )
     return Patient(kind=kind, sex=sex, age=age, anatomy=anatomy)

@@ -673,6 +673,23 @@ def _paint_vessel(
         grid.paint(img, _tube(v.x, v.y, ri, v.phi, v.sec), lumen_hu)
 
 
+def _paint_crura(img: np.ndarray, grid: _Grid, anatomy: Anatomy, v: _VesselCut, h: float, hu: float) -> None:
+    """The crura crossing height h, each an arc around the aorta's cut ``v`` from behind its side to its front
+    (joined there above the arcuate ligament), tapering out over the 15 mm above its lower end."""
+    c, body = anatomy.crura, anatomy.body
+    open_ = 0.0 if h >= c.arcuate_h else min((c.arcuate_h - h) / 20.0, 1.0) * 0.3 * np.pi  # parted in front
+    span = c.reach * np.pi - open_
+    front = -np.pi / 2  # anterior is -y (LPS)
+    for side, (low, t) in enumerate(zip(c.low_h, c.half_thickness_mm)):
+        t *= min((h - low) / 15.0, 1.0)
+        if t <= 0.5 or span <= 0:
+            continue
+        rc = v.radius + c.gap_mm + t
+        start = front + open_ if side == 0 else front - open_ - span  # left (+x) or right (-x) of the front
+        band = _arc(v.x, v.y, rc, t, start, span, v.phi, v.sec)
+        grid.paint(img, _carve(band, [(_circle(0, body.vertebra_y, body.vertebra_radius), 0.0)]), hu)
+
+
 def _paint_calcifications(
     img: np.ndarray, grid: _Grid, anatomy: Anatomy, aorta: _AorticSlices, h: float, k: int
 ) -> None:
@@ -861,6 +878,8 @@ def scan_patient(patient: Patient, profile: ScannerProfile) -> SyntheticStudy:
             grid.paint(img, _ellipse(c.x, c.y, c.a, c.b, c.theta), kidney_hu)
         obstacles = [(v.x, v.y, v.radius * v.sec) for v in vessels] + [(v.x, v.y, max(v.a, v.b)) for v in veins]
         _paint_bowel(img, grid, anatomy, obstacles, h[k], tissue["bowel_wall"], solids)
+        if anatomy.crura is not None and aorta.aortic[k]:
+            _paint_crura(img, grid, anatomy, vessels[0], h[k], tissue["muscle"])
         bulge = aorta.bulge[k] if aorta.aortic[k] else None
         for v in vessels:  # the iliacs (below the bifurcation) are not labelled
             label = mask[k] if aorta.aortic[k] else None

@@ -141,7 +141,7 @@ __all__ = [
     "write_variant",
 ]
 
-GENERATOR_VERSION = 4  # 3: randomised tissue HU, thrombus, calcification, scan range; IVC, renal vein (site reuse)
+GENERATOR_VERSION = 5  # 5: diaphragmatic crura hugging the upper aorta. 4: distractors. 3: randomised tissue HU, thrombus, calcification, scan range; IVC, renal vein (site reuse)
 # 4: unlabelled distractors (pelvis, bladder, liver, spleen, lung bases)
 # ``mask`` before the optional ``split,sex`` keeps rows ending in "<split>,<sex>" (tests/test_federation.py
 # counts training rows by that ending); readers go by column name.

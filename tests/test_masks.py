@@ -18,14 +18,15 @@ from fedaaa.common.site import Site
 from fedaaa.simulations.synth import MANIFEST_COLUMNS, ScannerProfile, SiteSpec, write_site
 
 # The DICOM pixel data of these sites, digested when the labels were added: writing the labels must not change one
-# pixel nor one random draw. Digests of GENERATOR_VERSION 4, whose images changed on purpose (unlabelled pelvis,
-# bladder, liver, spleen and lung bases, and their draws shift the noise); version 3's were 84c35639... and
+# pixel nor one random draw. Digests of GENERATOR_VERSION 5, whose images changed on purpose (diaphragmatic crura
+# around the upper aorta; their draws shift the noise); version 4's were 9a7282db... and 0b77748e... (unlabelled
+# pelvis, bladder, liver, spleen and lung bases); version 3's were 84c35639... and
 # 95c4362a... (randomised tissue HU, thrombus and calcification, IVC, renal vein, scan range), version 2's
 # 86cc90f5... and fbd68417...
 PINNED = {
     "hospital-d": (
         SiteSpec("hospital-d", 4, 0.5, ScannerProfile(name="d", matrix=48, slice_thickness_mm=10.0, noise_hu=10.0), 7),
-        "9a7282db47abaff7ac88bcb3b687c8e8a30cebebfc73e63c6a1c609702a45b7f",
+        "664f20fd9875118e960c5bd15171a970d055ebf424a075b8703aa849225387b6",
     ),
     "hospital-e": (
         SiteSpec(
@@ -45,7 +46,7 @@ PINNED = {
             ),
             8,
         ),
-        "0b77748e774bed456c9cd7001e10c7d148c1a6a3bdde06ece5f03196f76883e0",
+        "c4248d9bc82c46fe48251a0c16987a8356bc4c4cac70e82f6f9f87fcaddd5496",
     ),
 }
 # straight aorta, 2.25 mm pixels: fine enough to measure the label's diameter

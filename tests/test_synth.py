@@ -67,10 +67,17 @@ def _widths(study, k, patient):
 
 def _alone(patient: Patient, plain: bool = False) -> Patient:
     """The patient without the neighbours that may touch the aorta (IVC and iliac veins, left renal vein, abutting
-    bowel, close kidneys) nor the distractors (pelvis, bladder, liver, spleen, lungs): to check the aorta's own geometry in the image. ``plain``: no calcification either, and
+    bowel, close kidneys, the diaphragmatic crura) nor the distractors (pelvis, bladder, liver, spleen, lungs): to check
+    the aorta's own geometry in the image. ``plain``: no calcification either, and
     thrombus as dense as the wall (the outer wall's partial volume then mixes only fat and wall)."""
     anatomy = replace(
-        patient.anatomy, cava=None, renal_vein=None, kidney_gap_mm=10.0, bowel_gap_mm=15.0, distractors=None
+        patient.anatomy,
+        cava=None,
+        renal_vein=None,
+        kidney_gap_mm=10.0,
+        bowel_gap_mm=15.0,
+        distractors=None,
+        crura=None,
     )
     if plain:
         aorta, wall = anatomy.aorta, anatomy.tissues.vessel_wall
@@ -273,23 +280,55 @@ def test_neighbours_touch_the_aorta_but_are_not_labelled():
     yy, xx = np.mgrid[:192, :192] * ps + np.array(crowded.origin_mm[::-1])[:, None, None]
     vein_lo, vein_hi = 120, 180  # portal phase IVC and renal vein
     aortic = np.flatnonzero(crowded.diameter_mm > 0)
-    touching = 0
+    h = crowded.z_mm - patient.anatomy.z_lo_mm
+    touching = below_crus = 0
     for k in aortic:
         (cx, cy), R = crowded.aorta_center_mm[k], crowded.diameter_mm[k] / 2
         dist = np.hypot(xx - cx, yy - cy) - R
         ivc = (crowded.hu[k] != alone.hu[k]) & (crowded.hu[k] >= vein_lo) & (crowded.hu[k] <= vein_hi) & (xx < cx - R)
         assert ivc.sum() * ps**2 > 0.5 * np.pi * 9 * 6, k  # the IVC, right of the aorta, on every aortic slice
         assert not (ivc & crowded.aorta_mask[k]).any()
-        touching += bool(dist[ivc].min() < 2.5)
-    assert touching > len(aortic) / 2  # in a thin patient it lies against the aorta
+        if h[k] < patient.anatomy.crura.low_h[1]:  # higher up the right crus lies between them, as in life
+            touching += bool(dist[ivc].min() < 2.5)
+            below_crus += 1
+    assert touching > below_crus / 2  # in a thin patient it lies against the aorta
     # the left renal vein crosses in front of the aorta, unlabelled
-    h = crowded.z_mm - patient.anatomy.z_lo_mm
     k = int(np.argmin(np.abs(h - patient.anatomy.renal_vein.h)))
     (cx, cy), R = crowded.aorta_center_mm[k], crowded.diameter_mm[k] / 2
     front = (np.abs(xx - cx) < R / 2) & (yy < cy - R) & (yy > cy - R - 15)
     vein = front & (crowded.hu[k] >= vein_lo) & (crowded.hu[k] <= vein_hi)
     assert vein.any() and not (vein & crowded.aorta_mask[k]).any()
     assert not (alone.hu[k][front] > 0).any()  # fat there without it
+
+
+def test_crura_hug_the_upper_aorta_unlabelled():
+    """Above the kidneys' upper poles the crura wrap the aorta in muscle, with no fat plane in front when they
+    have joined (as on real CT); below their lower ends the aorta keeps its own fat; never labelled."""
+    seed, patient = _first(
+        "normal", "M", lambda p: p.anatomy.crura.gap_mm < 0.5 and p.anatomy.crura.arcuate_h < p.anatomy.scan_range[1] - 10
+    )
+    profile = replace(PROFILE, matrix=192, fov_mm=288.0, slice_thickness_mm=2.5, noise_hu=0.0, contrast_phase="portal")
+    with_crura = scan_patient(patient, profile)
+    without = scan_patient(replace(patient, anatomy=replace(patient.anatomy, crura=None)), profile)
+    np.testing.assert_array_equal(with_crura.aorta_mask, without.aorta_mask)  # not labelled
+    crura, muscle = patient.anatomy.crura, patient.anatomy.tissues.muscle
+    h = with_crura.z_mm - patient.anatomy.z_lo_mm
+    ps = with_crura.pixel_spacing_mm
+    yy, xx = np.mgrid[:192, :192] * ps + np.array(with_crura.origin_mm[::-1])[:, None, None]
+    joined = below = 0
+    for k in np.flatnonzero(with_crura.diameter_mm > 0):
+        (cx, cy), R = with_crura.aorta_center_mm[k], with_crura.diameter_mm[k] / 2
+        dist = np.hypot(xx - cx, yy - cy) - R
+        front = (np.abs(xx - cx) < R / 3) & (yy < cy) & (dist > 1.0) & (dist < 2.5)
+        changed = with_crura.hu[k] != without.hu[k]
+        if h[k] > crura.arcuate_h + 2:  # joined in front: muscle right against the wall
+            assert front.any() and np.allclose(with_crura.hu[k][front], muscle), k
+            joined += 1
+        if h[k] < min(crura.low_h) - 2:  # below both: nothing painted
+            assert not changed.any(), k
+            below += 1
+        assert not (changed & (dist < -ps)).any(), k  # outside the outer wall (its partial-volume pixels mix)
+    assert joined >= 2 and below >= 2
 
 
 @pytest.mark.parametrize("phase", ["arterial", "portal", "none"])

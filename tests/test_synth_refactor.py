@@ -32,12 +32,14 @@ PROFILE = ScannerProfile(matrix=48, slice_thickness_mm=5.0)
 # the top of the scan (18.6 mm at z 18.5 before). GENERATOR_VERSION 4 (unlabelled distractors: pelvis, bladder,
 # liver, spleen, lung bases) drew them after all of those, so age, diameters, their z and the slices stay; what had
 # to change: the mean HU (new organs and bones; -652.16, -557.94, -535.98, -611.46 in version 3) and the next draw
-# (the distractors' draws; 891418829, 765232715, 2560485, 365918633 in version 3).
+# (the distractors' draws; 891418829, 765232715, 2560485, 365918633 in version 3). GENERATOR_VERSION 5
+# (diaphragmatic crura around the upper aorta) drew them last again: only the mean HU (-649.92, -545.04, -529.0,
+# -600.23 in version 4) and the next draw (145248957, 30391801, 339845462, 1047755195) changed.
 PINNED = [
-    ((0, "normal", "F", 0.0), (59, 18.4, -0.5, 43, -649.92, 145248957)),
-    ((1, "ectatic", "M", 0.0), (71, 26.4, -162.0, 57, -545.04, 30391801)),
-    ((2, "aneurysm", "M", 0.5), (73, 47.5, -182.0, 51, -529.0, 339845462)),
-    ((3, "aneurysm", "F", 0.0), (86, 36.1, -199.0, 61, -600.23, 1047755195)),
+    ((0, "normal", "F", 0.0), (59, 18.4, -0.5, 43, -649.86, 385507764)),
+    ((1, "ectatic", "M", 0.0), (71, 26.4, -162.0, 57, -544.96, 276992238)),
+    ((2, "aneurysm", "M", 0.5), (73, 47.5, -182.0, 51, -528.91, 572132336)),
+    ((3, "aneurysm", "F", 0.0), (86, 36.1, -199.0, 61, -600.17, 41250605)),
 ]
 
 
