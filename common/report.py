@@ -66,7 +66,7 @@ def _grey(window: tuple[float, float]) -> tuple[Any, float, float]:
 
 def _letters(vector: np.ndarray) -> tuple[str, str]:
     """Patient directions at the negative and positive ends of an axis along ``vector`` (RAS)."""
-    names = (("R", "L"), ("P", "A"), ("I", "S"))  # RAS: +x is patient left, +y anterior, +z superior
+    names = (("L", "R"), ("P", "A"), ("I", "S"))  # RAS: +x is the patient's right, +y anterior, +z superior
     axis = int(np.argmax(np.abs(vector)))
     neg, pos = names[axis]
     return (neg, pos) if vector[axis] > 0 else (pos, neg)
@@ -139,11 +139,14 @@ def _section_png(
     label_at = np.clip(label_at, -0.85 * half, 0.85 * half)
     ax.text(label_at[0], label_at[1], f"{m.max_diameter_mm:.1f} mm", color="white", fontsize=13, weight="bold",
             ha="center", va="center", bbox={"boxstyle": "round,pad=0.25", "fc": "black", "ec": _CALIPER, "alpha": 0.75})  # fmt: skip
-    ax.set_xlim(extent[0], extent[1])
+    across_letters = _letters(e1)
+    radiological = across_letters[1] == "R"  # e1 points to the patient's right: show it on the viewer's left
+    ax.set_xlim(*((extent[1], extent[0]) if radiological else (extent[0], extent[1])))
     ax.set_ylim(extent[2], extent[3])
     ax.set_aspect("equal")
     for (lo_l, hi_l), x, y, ha, va in (
-        (_letters(e1), (0.02, 0.98), (0.5, 0.5), ("left", "right"), ("center", "center")),
+        (across_letters[::-1] if radiological else across_letters, (0.02, 0.98), (0.5, 0.5), ("left", "right"),
+         ("center", "center")),
         (_letters(e2), (0.5, 0.5), (0.02, 0.98), ("center", "center"), ("bottom", "top")),
     ):
         for letter, xx, yy, h, v in ((lo_l, x[0], y[0], ha[0], va[0]), (hi_l, x[1], y[1], ha[1], va[1])):
@@ -225,7 +228,7 @@ def _overview_png(
             ax.set_xlim(ext[1], ext[0])  # sagittal: anterior on the viewer's left
             left, right = "A", "P"
         else:
-            ax.set_xlim(ext[0], ext[1])  # coronal, radiological: patient's right on the viewer's left
+            ax.set_xlim(ext[1], ext[0])  # coronal, radiological: the patient's right (+x) on the viewer's left
             left, right = "R", "L"
         ax.set_ylim(ext[2], ext[3])
         for letter, x, ha in ((left, 0.02, "left"), (right, 0.98, "right")):

@@ -305,6 +305,27 @@ def test_report_files_and_index(tmp_path, aneurysm):
     assert safe_stem(hostile) != safe_stem("_b_x_y_b_") and "/" not in safe_stem("short/one")
 
 
+def test_report_shows_the_patient_right_on_the_viewer_left(tmp_path, aneurysm):
+    """Radiological convention, as every CT viewer: on the coronal overview and on the cross-section the
+    patient's right (+x in RAS) is on the viewer's left, under the letter R. A bright region only on the
+    patient's right must appear in the left half of both pictures."""
+    import matplotlib.image as mpimg
+
+    prob, affine, m = aneurysm
+    _, p = grid()
+    image = np.where(p[..., 0] > 20.0, 0.9, 0.1).astype(np.float32)  # bright only at x > 20 mm: the right
+    files = write_study_report(tmp_path, "sides", image, affine, prob, m, {"aaa_present": True})
+    for name, panel in ((files["overview"], slice(None, 0.5)), (files["section"], slice(None, None))):
+        grey = mpimg.imread(tmp_path / name)[..., :3].mean(axis=-1)
+        h, w = grey.shape
+        cols = grey[int(0.2 * h) : int(0.8 * h)]
+        lo = int(w * (panel.start or 0.0))
+        hi = int(w * (panel.stop or 1.0))
+        mid = (lo + hi) // 2
+        left, right = cols[:, lo + (mid - lo) // 4 : mid].mean(), cols[:, mid : hi - (hi - mid) // 4].mean()
+        assert left > right + 0.1, (name, left, right)
+
+
 def test_report_of_an_implausible_region(tmp_path):
     affine, p = grid()
     prob = soft(crab(p[..., 0], p[..., 1], p[..., 2]))
