@@ -141,8 +141,10 @@ __all__ = [
     "write_variant",
 ]
 
-GENERATOR_VERSION = 5  # 5: diaphragmatic crura hugging the upper aorta. 4: distractors. 3: randomised tissue HU, thrombus, calcification, scan range; IVC, renal vein (site reuse)
+# 3: randomised tissue HU, thrombus, calcification, scan range; IVC, renal vein (site reuse)
 # 4: unlabelled distractors (pelvis, bladder, liver, spleen, lung bases)
+# 5: the diaphragmatic crura wrapped round the upper aorta (no fat plane there)
+GENERATOR_VERSION = 5
 # ``mask`` before the optional ``split,sex`` keeps rows ending in "<split>,<sex>" (tests/test_federation.py
 # counts training rows by that ending); readers go by column name.
 MANIFEST_COLUMNS = ("study_id", "path", "aaa", "max_diameter_mm", "mask", "split", "sex")
