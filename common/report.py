@@ -145,8 +145,13 @@ def _section_png(
     ax.set_ylim(extent[2], extent[3])
     ax.set_aspect("equal")
     for (lo_l, hi_l), x, y, ha, va in (
-        (across_letters[::-1] if radiological else across_letters, (0.02, 0.98), (0.5, 0.5), ("left", "right"),
-         ("center", "center")),
+        (
+            across_letters[::-1] if radiological else across_letters,
+            (0.02, 0.98),
+            (0.5, 0.5),
+            ("left", "right"),
+            ("center", "center"),
+        ),
         (_letters(e2), (0.5, 0.5), (0.02, 0.98), ("center", "center"), ("bottom", "top")),
     ):
         for letter, xx, yy, h, v in ((lo_l, x[0], y[0], ha[0], va[0]), (hi_l, x[1], y[1], ha[1], va[1])):

@@ -305,7 +305,9 @@ def test_crura_hug_the_upper_aorta_unlabelled():
     """Above the kidneys' upper poles the crura wrap the aorta in muscle, with no fat plane in front when they
     have joined (as on real CT); below their lower ends the aorta keeps its own fat; never labelled."""
     seed, patient = _first(
-        "normal", "M", lambda p: p.anatomy.crura.gap_mm < 0.5 and p.anatomy.crura.arcuate_h < p.anatomy.scan_range[1] - 10
+        "normal",
+        "M",
+        lambda p: p.anatomy.crura.gap_mm < 0.5 and p.anatomy.crura.arcuate_h < p.anatomy.scan_range[1] - 10,
     )
     profile = replace(PROFILE, matrix=192, fov_mm=288.0, slice_thickness_mm=2.5, noise_hu=0.0, contrast_phase="portal")
     with_crura = scan_patient(patient, profile)
