@@ -32,6 +32,9 @@ class RunSettings:
     seed: int = _TRAIN.seed  # hospitals train round k with seed + k
     sites: str = ""  # simulation: comma-separated absolute site folders, one per virtual node
     output_dir: str = ""  # server: absolute folder for checkpoints, history and the final model
+    # server: a model file (absolute path) whose weights start round 1 instead of random ones, e.g. one
+    # pre-trained on public or synthetic data (no privacy cost); "" = random initial weights
+    initial_model: str = ""
     cache_dir: str = ""  # client: preprocessed-input cache ("" = FEDAAA_CACHE_DIR or ~/.cache/fedaaa)
     device: str = "auto"
     # simulation only (a deployed hospital sets DP in its own node config and ignores these): every virtual
@@ -77,6 +80,8 @@ class RunSettings:
             raise ConfigError("min-nodes must be at least 1")
         if self.output_dir and not self.output_dir.startswith("/"):
             raise ConfigError(f"output-dir {self.output_dir!r}: give an absolute folder on the coordinator")
+        if self.initial_model and not self.initial_model.startswith("/"):
+            raise ConfigError(f"initial-model {self.initial_model!r}: give an absolute path on the coordinator")
         if self.learning_rate <= 0:
             raise ConfigError("learning-rate must be positive")
         try:

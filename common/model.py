@@ -150,3 +150,16 @@ def load_model(path: str | Path) -> ModelFile:
         summary=dict(meta.summary),
         calibration=meta.calibration,
     )
+
+
+def starting_state(path: str | Path, arch: ArchSettings = ArchSettings()) -> dict[str, torch.Tensor]:
+    """The weights a run starts from when ``initial-model`` names a model file (pre-trained elsewhere):
+    a :class:`ConfigError` naming the file unless it is a valid model of this architecture and input."""
+    from fedaaa.common.config import PREPROCESS
+
+    mf = load_model(path)
+    if mf.model.arch != arch:
+        raise ConfigError(f"{path}: its network ({mf.model.arch}) is not the one this run trains ({arch})")
+    if mf.preprocess != PREPROCESS:
+        raise ConfigError(f"{path}: it was trained on another input (preprocessing {mf.preprocess})")
+    return {k: v.detach().clone() for k, v in mf.model.state_dict().items()}

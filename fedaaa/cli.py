@@ -111,7 +111,14 @@ def _compare(plan: SimulationPlan, args: argparse.Namespace, console: Console) -
         raise CLIError(f"--epsilons must be comma-separated numbers, not {args.epsilons!r}") from None
     if not epsilons or any(not 0 < e <= 100 for e in epsilons):
         raise CLIError("--epsilons must be numbers in (0, 100]")
-    options = CompareSettings(epsilons=epsilons, proximal_mu=args.compare_mu)
+    if args.pretrain_studies < 0 or args.pretrain_rounds < 0:
+        raise CLIError("--pretrain-studies and --pretrain-rounds must be 0 or more")
+    options = CompareSettings(
+        epsilons=epsilons,
+        proximal_mu=args.compare_mu,
+        pretrain_studies=args.pretrain_studies,
+        pretrain_rounds=args.pretrain_rounds,
+    )
     arms = compare(plan, _run_settings(args), options, console)
     root = plan.output_dir / "compare"
     print((root / "comparison.md").read_text())
@@ -429,6 +436,10 @@ def _cmd_federation_run(args: argparse.Namespace) -> int:
             raise CLIError(f"--set {item!r}: use KEY=VALUE")
         run_config[key] = value
     settings = RunSettings.from_run_config(run_config)  # refuses unknown keys and bad values here, in one line
+    if settings.initial_model:  # the ServerApp reads it on this machine: refuse a bad file before Flower starts
+        from fedaaa.common.model import starting_state
+
+        starting_state(settings.initial_model)
     typed = settings.to_run_config()
     cmd = run_command(_app_dir(args.app), {k: typed[k.replace("_", "-")] for k in run_config})
     if args.dry_run:
@@ -524,6 +535,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epsilons", default="1,3,8", help="--compare: the DP arms' epsilons (default %(default)s)")
     p.add_argument("--compare-mu", type=float, default=0.01, help="--compare: FedProx mu (default %(default)s)")
+    p.add_argument(
+        "--pretrain-studies",
+        type=int,
+        default=0,
+        help="--compare: first pre-train on this many public synthetic studies (other patients, no privacy cost) "
+        "and start every arm from that model (default 0: random start)",
+    )
+    p.add_argument(
+        "--pretrain-rounds",
+        type=int,
+        default=0,
+        help="--compare: blocks of --local-epochs the pre-training runs (default 0: as many as --rounds)",
+    )
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser(

@@ -597,10 +597,17 @@ def _network_module() -> ModuleType:
         return importlib.import_module("fedaaa.common.model")
 
 
+def _start(settings: RunSettings, arch: ArchSettings) -> dict:
+    """Round 1's weights: the ``initial-model`` file's (pre-trained elsewhere), or the network's own random ones."""
+    network = _network_module()  # builds the network (MONAI): only here, once
+    if settings.initial_model:
+        log.info("starting from the weights of %s", settings.initial_model)
+        return network.starting_state(settings.initial_model, arch)
+    return network.initial_state(arch)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    initial_state = _network_module().initial_state  # builds the network (MONAI): only here, once
-
     settings = RunSettings.from_run_config(context.run_config)
     output_dir = output_dir_for(settings, context)
     torch.manual_seed(settings.seed)
@@ -611,7 +618,7 @@ def main(grid: Grid, context: Context) -> None:
     if done < settings.num_server_rounds:
         result = strategy.start(
             grid=grid,
-            initial_arrays=ArrayRecord(weights if weights is not None else initial_state(recorder.arch)),
+            initial_arrays=ArrayRecord(weights if weights is not None else _start(settings, recorder.arch)),
             num_rounds=settings.num_server_rounds - done,
             timeout=settings.round_timeout,
             train_config=ConfigRecord(settings.round_config() | {RUN_KEY: recorder.run_key}),

@@ -24,7 +24,7 @@ from fedaaa.common.cache import InputCache
 from fedaaa.common.config import PREPROCESS, RunSettings
 from fedaaa.common.errors import ConfigError
 from fedaaa.common.metrics import summarize
-from fedaaa.common.model import AortaNet
+from fedaaa.common.model import AortaNet, starting_state
 from fedaaa.common.site import Site, StudySet
 from fedaaa.common.training import evaluate_local, pick_device, train_local
 from fedaaa.server.app import FederationRecorder
@@ -65,7 +65,10 @@ def train_centralised(
         raise ConfigError(f"no training study with an aorta label in {', '.join(Path(s).name for s in sites)}")
     device = pick_device(settings.device)
     torch.manual_seed(settings.seed)
-    model = AortaNet().to(device)
+    model = AortaNet()
+    if settings.initial_model:  # the same pre-trained start as the federated arms
+        model.load_state_dict(starting_state(settings.initial_model, model.arch))
+    model.to(device)
     recorder = FederationRecorder(Path(output_dir), settings.with_overrides(sites=""))
     recorder.end_of_round(0, ArrayRecord(model.cpu().state_dict()))
     rounds = settings.num_server_rounds

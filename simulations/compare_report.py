@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ("fedavg", "fedprox", "pooled", "local", "dp")
+KINDS = ("pretrained", "fedavg", "fedprox", "pooled", "local", "dp")
 
 #: The columns of comparison.csv, in order (the markdown table shows the same values, LoA merged into one).
 CSV_COLUMNS = (

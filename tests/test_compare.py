@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from fedaaa.common.cache import InputCache
 from fedaaa.common.config import PREPROCESS, RunSettings
-from fedaaa.common.model import load_model
+from fedaaa.common.model import initial_state, load_model
+from fedaaa.common.model_file import ModelMeta, read_model_file, write_model_file
 from fedaaa.common.site import Site
 from fedaaa.simulations.compare import CompareSettings, run_arms
 
@@ -44,10 +46,16 @@ def test_train_local_only_writes_one_model_per_hospital_trained_on_its_own_studi
 
 
 def test_compare_tests_every_arm_on_the_same_studies_and_reports(tiny_federation, cache_dir, tmp_path):
-    settings = RunSettings(num_server_rounds=1, local_epochs=1, cache_dir=str(cache_dir))
+    # every arm starts from the same pre-trained model (run-config initial-model), the federated ones too
+    pre = {k: v + 0.05 for k, v in initial_state().items()}
+    start = write_model_file(tmp_path / "pre.safetensors", pre, ModelMeta())
+    settings = RunSettings(num_server_rounds=1, local_epochs=1, cache_dir=str(cache_dir), initial_model=str(start))
     options = CompareSettings(epsilons=(4.0,), arms=("pooled", "dp"))
     arms = run_arms(tiny_federation, InputCache(PREPROCESS, cache_dir), settings, options, tmp_path / "compare")
     assert [a.name for a in arms] == ["pooled", "FedAvg + DP eps=4"]
+    for arm in ("pooled", "fedavg-dp-eps-4"):
+        first, _ = read_model_file(tmp_path / "compare" / arm / "checkpoints" / "round-000.safetensors")
+        assert all(torch.equal(first[k], pre[k]) for k in pre), arm
     pooled = json.loads((tmp_path / "compare" / "pooled" / "history.json").read_text())
     n_train = sum(len(Site(s).masked(Site(s).split("train"))) for s in tiny_federation)
     assert pooled["rounds"][-1]["train_examples"] == n_train  # every hospital's training studies in one place
@@ -65,3 +73,26 @@ def test_compare_tests_every_arm_on_the_same_studies_and_reports(tiny_federation
     for png in ("metric_vs_epsilon", "per_hospital", "roc", "bland_altman", "learning_curves"):
         assert (root / f"{png}.png").stat().st_size > 10_000
     assert (root / "pooled" / "test_metrics.json").is_file()
+
+
+def test_pretraining_on_public_studies_gives_every_arm_its_start(tiny_federation, cache_dir, tmp_path):
+    """--pretrain-studies: a model trained on public synthetic studies only (their own sites, one per scanner
+    style, another seed), tested on the hospitals' test splits; the arms then start from its weights."""
+    from rich.console import Console
+
+    from fedaaa.simulations.compare import pretrain
+    from fedaaa.simulations.simulate import SimulationPlan
+
+    plan = SimulationPlan(output_dir=tmp_path, data_dir=tmp_path / "data", n_sites=2, matrix=48)
+    settings = RunSettings(num_server_rounds=1, local_epochs=1, cache_dir=str(cache_dir))
+    options = CompareSettings(pretrain_studies=16, pretrain_rounds=1)
+    cache = InputCache(PREPROCESS, cache_dir)
+    started, arm = pretrain(plan, settings, options, tiny_federation, cache, tmp_path / "compare", Console(quiet=True))
+    public = sorted((tmp_path / "data" / "public").iterdir())
+    assert [p.name for p in public] == ["public-hospital-a", "public-hospital-b"]
+    assert arm.kind == "pretrained" and arm.metrics["n"] == sum(len(Site(s).split("test")) for s in tiny_federation)
+    model = Path(started.initial_model)
+    assert model == tmp_path / "compare" / "pretrained" / "global_model.safetensors" and model.is_file()
+    history = json.loads((model.parent / "history.json").read_text())
+    n_train = sum(len(Site(s).masked(Site(s).split("train"))) for s in public)
+    assert history["rounds"][-1]["train_examples"] == n_train  # trained on the public studies only

@@ -180,6 +180,9 @@ def test_a_coordinator_run_needs_an_absolute_output_folder_and_known_settings(tm
     assert done.returncode == 2 and "unknown run-config key 'colour'" in done.stderr
     done = run("--output-dir", "/srv/out", "--strategy", "best")
     assert done.returncode == 2 and "strategy must be one of fedavg" in done.stderr
+    missing = tmp_path / "pre-trained.safetensors"  # initial-model is read on this machine, before Flower starts
+    done = run("--output-dir", "/srv/out", "--set", f"initial-model={missing}")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and str(missing) in done.stderr
     done = run("--output-dir", "/srv/out", "--rounds", "3", "--strategy", "median", "--round-timeout", "600")
     assert done.returncode == 0, done.stderr
     config = done.stdout.split("--run-config ", 1)[1]

@@ -519,3 +519,28 @@ def test_a_restarted_coordinator_resumes_from_its_last_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="holds another run.*learning-rate"):
         other.resume()
     assert _recorder(tmp_path / "fresh").resume() == (0, None)
+
+
+def test_a_run_starts_from_the_initial_model_file(tmp_path):
+    """run-config initial-model: round 1 starts from that file's weights (a model pre-trained elsewhere); a file
+    of another network or a relative path is refused in one sentence naming it; without it the start is random."""
+    from dataclasses import replace
+
+    from fedaaa.common.model import initial_state
+    from fedaaa.common.model_file import ModelMeta, write_model_file
+    from fedaaa.common.settings import ArchSettings
+
+    arch = ArchSettings()
+    pre = {k: v + 0.25 for k, v in initial_state(arch).items()}
+    path = write_model_file(tmp_path / "pre.safetensors", pre, ModelMeta(arch=arch))
+    got = server._start(RunSettings(initial_model=str(path)), arch)
+    assert sorted(got) == sorted(pre) and all(torch.equal(got[k], pre[k]) for k in pre)
+    random_start = server._start(RunSettings(), arch)
+    assert any(not torch.equal(random_start[k], pre[k]) for k in pre)
+
+    other = replace(arch, channels=tuple(c * 2 for c in arch.channels))
+    wrong = write_model_file(tmp_path / "wide.safetensors", initial_state(other), ModelMeta(arch=other))
+    with pytest.raises(ConfigError, match="wide.safetensors: its network"):
+        server._start(RunSettings(initial_model=str(wrong)), arch)
+    with pytest.raises(ConfigError, match="absolute"):
+        RunSettings.from_run_config({"initial-model": "pre.safetensors"})
