@@ -259,7 +259,7 @@ def _save(fig: Any, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # outside legends and labels stay in the picture
     finally:
         plt.close(fig)
     return path
