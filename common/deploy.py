@@ -142,6 +142,7 @@ class HospitalConfig:
     cache_dir: str = ""  # default STATE_DIR/cache
     device: str = "auto"  # auto, cpu, cuda, cuda:1
     decode_workers: int = 1
+    loader_workers: int = -1  # processes augmenting training patches; -1: none on a CPU, up to 8 beside a GPU
     clientapp_port: int = 9094  # the SuperNode's local port for its ClientApp processes (loopback only)
     dp_epsilon: float = 0.0  # 0: no differential privacy; otherwise the target epsilon for the run
     dp_delta: float = 0.0  # 0: 0.1 / training studies
@@ -208,6 +209,8 @@ class HospitalConfig:
         if self.cache_dir and not Path(self.cache_dir).is_absolute():
             raise ConfigError(f"cache-dir {self.cache_dir!r}: give an absolute path")
         numbers = (self.dp_epsilon, self.dp_delta, self.dp_max_grad_norm, self.dp_rounds, self.max_retries)
+        if not -1 <= self.loader_workers <= 64:
+            raise ConfigError(f"loader-workers must be -1 (automatic) to 64, not {self.loader_workers}")
         if min(*numbers, self.rejoin_attempts) < 0:
             raise ConfigError(
                 "dp-epsilon, dp-delta, dp-max-grad-norm, dp-rounds, max-retries and rejoin-attempts cannot be negative"
@@ -231,6 +234,8 @@ class HospitalConfig:
             "device": self.device,
             "decode-workers": self.decode_workers,
         }
+        if self.loader_workers >= 0:
+            items["loader-workers"] = self.loader_workers
         if self.audit:
             items["audit-dir"] = str(state / "audit")
         if self.dp_epsilon > 0:

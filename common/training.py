@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,13 +24,22 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from fedaaa.common.errors import ConfigError
 from fedaaa.common.metrics import EvaluationStats, TrainStats, evaluation_stats
 from fedaaa.common.model import AortaNet, segmentation_loss
 from fedaaa.common.segment import measure_input
 from fedaaa.common.settings import TrainSettings
 from fedaaa.common.site import StudySet
 
-__all__ = ["TrainSettings", "evaluate_local", "pick_device", "predict_set", "train_local", "training_transform"]
+__all__ = [
+    "TrainSettings",
+    "evaluate_local",
+    "loader_workers",
+    "pick_device",
+    "predict_set",
+    "train_local",
+    "training_transform",
+]
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -72,18 +82,62 @@ def training_transform(patch_size: tuple[int, ...], samples: int) -> Compose:
     )
 
 
+class _EpochPatches(torch.utils.data.Dataset):
+    """Item k: the augmented patches of study ``order[k]``, drawn with its own seed ``seeds[k]``, so an
+    epoch's patches are the same whether one process or several loader workers make them."""
+
+    def __init__(
+        self, data: StudySet, order: np.ndarray, seeds: np.ndarray, patch_size: tuple[int, ...], samples: int
+    ) -> None:
+        self.data, self.order, self.seeds = data, order, seeds
+        self.transform = training_transform(patch_size, samples)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        i = int(self.order[k])
+        self.transform.set_random_state(seed=int(self.seeds[k]))
+        samples = self.transform({"image": self.data.images[i], "label": self.data.labels[i]})
+        return [(torch.as_tensor(s["image"]).float(), torch.as_tensor(s["label"]).float()) for s in samples]
+
+
+def _as_is(item: list) -> list:
+    return item
+
+
+def loader_workers(device: torch.device) -> int:
+    """Processes that augment training patches beside the training loop: none on a CPU (its cores run the
+    network), up to 8 beside a GPU (else the GPU waits for the CPU). ``FEDAAA_LOADER_WORKERS`` overrides."""
+    env = os.environ.get("FEDAAA_LOADER_WORKERS", "").strip()
+    if env:
+        try:
+            return max(0, min(int(env), 64))
+        except ValueError:
+            raise ConfigError(f"FEDAAA_LOADER_WORKERS must be a whole number, not {env[:40]!r}") from None
+    if device.type == "cpu":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
 def _batches(
-    data: StudySet, settings: TrainSettings, patch_size: tuple[int, ...], rng: np.random.Generator
+    data: StudySet, settings: TrainSettings, patch_size: tuple[int, ...], rng: np.random.Generator, workers: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of (images, labels) batches of random augmented patches from the masked studies."""
-    transform = training_transform(patch_size, settings.patches_per_study)
-    transform.set_random_state(seed=int(rng.integers(2**31)))
+    """One epoch of (images, labels) batches of random augmented patches from the masked studies, in a
+    random study order; ``workers`` loader processes make them ahead (the same patches as none)."""
     order = rng.permutation(data.masked)
+    seeds = rng.integers(2**31, size=len(order))
+    source = _EpochPatches(data, order, seeds, patch_size, settings.patches_per_study)
+    items = (
+        torch.utils.data.DataLoader(source, batch_size=None, collate_fn=_as_is, num_workers=workers, prefetch_factor=4)
+        if workers
+        else (source[k] for k in range(len(source)))
+    )
     images, labels = [], []
-    for i in order:
-        for sample in transform({"image": data.images[i], "label": data.labels[i]}):
-            images.append(torch.as_tensor(sample["image"]).float())
-            labels.append(torch.as_tensor(sample["label"]).float())
+    for item in items:
+        for image, label in item:
+            images.append(image)
+            labels.append(label)
             if len(images) == settings.batch_size:
                 yield torch.stack(images), torch.stack(labels)
                 images, labels = [], []
@@ -91,10 +145,13 @@ def _batches(
         yield torch.stack(images), torch.stack(labels)
 
 
-def train_local(model: AortaNet, data: StudySet, settings: TrainSettings, device: torch.device) -> TrainStats:
+def train_local(
+    model: AortaNet, data: StudySet, settings: TrainSettings, device: torch.device, workers: int | None = None
+) -> TrainStats:
     """Train in place for ``settings.local_epochs`` on the studies that have an aorta label; returns the
     mean loss and the number of studies trained on (0 at a site without labels: it trains nothing and
-    its weights do not count in the average)."""
+    its weights do not count in the average). ``workers`` loader processes make the patches (None: see
+    :func:`loader_workers`); the result does not depend on how many."""
     if not data.masked:
         return {"train-loss": 0.0, "num-examples": 0}
     torch.manual_seed(settings.seed)
@@ -104,8 +161,9 @@ def train_local(model: AortaNet, data: StudySet, settings: TrainSettings, device
     opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     loss_fn = segmentation_loss()
     total, seen = 0.0, 0
+    workers = loader_workers(device) if workers is None else workers
     for _ in range(settings.local_epochs):
-        for x, y in _batches(data, settings, tuple(model.arch.patch_size), rng):
+        for x, y in _batches(data, settings, tuple(model.arch.patch_size), rng, workers):
             x, y = x.to(device), y.to(device)
             loss = loss_fn(model(x), y)
             if global_params is not None:

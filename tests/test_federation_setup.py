@@ -79,7 +79,7 @@ def test_hospital_settings_come_from_one_file_then_the_environment_then_flags(tm
         f'superlink = "coordinator.example.org:9092"\nca-certificate = "{ca}"\nauth-key = "{key}"\n'
         f'data-path = "{site}"\nstate-dir = "/var/lib/fedaaa"\ndp-epsilon = 8\ndevice = "cpu"\naudit = true\n'
     )
-    env = {"FEDAAA_DEVICE": "cuda:1", "FEDAAA_DP_MAX_GRAD_NORM": "0.7", "UNRELATED": "x"}
+    env = {"FEDAAA_DEVICE": "cuda:1", "FEDAAA_DP_MAX_GRAD_NORM": "0.7", "FEDAAA_LOADER_WORKERS": "6", "UNRELATED": "x"}
     hospital = HospitalConfig.load(config, env=env, overrides={"state_dir": "/srv/state"})
     assert hospital.device == "cuda:1" and hospital.dp_epsilon == 8.0 and hospital.dp_max_grad_norm == 0.7
     assert hospital.state_dir == "/srv/state"
@@ -96,6 +96,7 @@ def test_hospital_settings_come_from_one_file_then_the_environment_then_flags(tm
         "cache-dir": "/srv/state/cache",
         "device": "cuda:1",
         "decode-workers": 1,
+        "loader-workers": 6,
         "audit-dir": "/srv/state/audit",
         "dp-epsilon": 8.0,
         "dp-max-grad-norm": 0.7,
@@ -110,6 +111,7 @@ def test_hospital_settings_come_from_one_file_then_the_environment_then_flags(tm
         ('colour = "blue"\n', "unknown key 'colour'"),
         ("superlink = [\n", "not valid TOML"),
         ('dp-epsilon = "lots"\n', "dp-epsilon must be float"),
+        ("loader-workers = 1000\n", "loader-workers must be -1"),
         ('data-path = "relative/site"\n', "not an absolute site folder"),
         ('auth-key = "/nonexistent/auth.key"\n', "auth-key '/nonexistent/auth.key': no such file"),
     ],

@@ -26,7 +26,7 @@ from fedaaa.common.preprocess import PreprocessSettings, load_study_input, prepr
 from fedaaa.common.segment import NO_ABDOMEN, abdominal_levels, measure_input
 from fedaaa.common.settings import ArchSettings
 from fedaaa.common.site import Site, StudySet
-from fedaaa.common.training import TrainSettings, evaluate_local, train_local
+from fedaaa.common.training import TrainSettings, _batches, evaluate_local, loader_workers, train_local
 
 SETTINGS = PreprocessSettings()
 
@@ -129,6 +129,27 @@ def test_local_training_measurably_learns(tiny_federation, cache_dir):
     # 7 studies of 4 mm pixels and 5 mm slices, about 200 steps: the overlap with the labels grows
     # several-fold (the demo's and the benchmark's figures are in docs/results.md)
     assert after["dice"] > max(0.12, 4 * before["dice"]), (before["dice"], after["dice"])
+
+
+def test_loader_workers_make_the_same_patches_as_the_training_process(tiny_federation, cache_dir, monkeypatch):
+    """Beside a GPU, loader processes augment the patches; the epoch must be the one a CPU run draws."""
+    data = Site(tiny_federation[0]).load("train", SETTINGS, InputCache(SETTINGS, cache_dir)).data
+    settings = TrainSettings(batch_size=3, patches_per_study=2)
+
+    def epoch(workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(_batches(data, settings, (48, 48, 32), np.random.default_rng(5), workers))
+
+    alone, helped = epoch(0), epoch(2)
+    assert len(alone) == len(helped) == -(-2 * len(data.masked) // 3)
+    for (x0, y0), (x1, y1) in zip(alone, helped):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+    assert not torch.equal(alone[0][0], epoch(0)[1][0])  # the patches are random, not one patch repeated
+    assert loader_workers(torch.device("cpu")) == 0
+    monkeypatch.setenv("FEDAAA_LOADER_WORKERS", "3")
+    assert loader_workers(torch.device("cpu")) == 3
+    monkeypatch.setenv("FEDAAA_LOADER_WORKERS", "many")
+    with pytest.raises(ConfigError, match="FEDAAA_LOADER_WORKERS"):
+        loader_workers(torch.device("cpu"))
 
 
 def test_site_without_labels_trains_nothing(tiny_federation, cache_dir):
