@@ -144,11 +144,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     settings = _run_settings(args)
     cache = InputCache(PREPROCESS, settings.cache_dir or None)
     console = Console(stderr=True)
+    if args.max_minutes is not None and not 0 < args.max_minutes <= 7 * 24 * 60:
+        raise CLIError(f"--max-minutes must be above 0 and at most a week, not {args.max_minutes:g}")
+    max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
     groups = [sites] if args.mode == "pooled" else [[s] for s in sites]
     for group in groups:
         out = output if args.mode == "pooled" else output / group[0].name
         with console.status(f"{args.mode}: training on {', '.join(s.name for s in group)}"):
-            history = train_centralised(group, out, settings, cache)
+            history = train_centralised(group, out, settings, cache, max_seconds=max_seconds)
         console.print(round_table(history))
         print(f"Model: {out / 'global_model.safetensors'}")
     return 0
@@ -567,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proximal-mu", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=d.seed, help="training seed (default %(default)s)")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop after the block during which this much training time has passed (default: all --rounds)",
+    )
     p.add_argument(
         "--cache-dir", default=None, help="preprocessed-input cache (default FEDAAA_CACHE_DIR or ~/.cache/fedaaa)"
     )

@@ -13,6 +13,7 @@ writes what a federation writes: per-block checkpoints, ``history.json`` and a c
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -57,9 +58,11 @@ def train_centralised(
     settings: RunSettings,
     cache: InputCache,
     on_block: Callable[[int, int, dict], None] | None = None,
+    max_seconds: float | None = None,
 ) -> dict:
     """Train one model on the pooled training studies of ``sites`` (one site: local-only) for
-    ``num_server_rounds`` blocks of ``local_epochs`` epochs; returns the history (as ``history.json``)."""
+    ``num_server_rounds`` blocks of ``local_epochs`` epochs, or fewer when ``max_seconds`` of training have
+    passed (it stops after the block that spent them); returns the history (as ``history.json``)."""
     train, val = load_splits(sites, cache)
     if train is None or not train.masked:
         raise ConfigError(f"no training study with an aorta label in {', '.join(Path(s).name for s in sites)}")
@@ -72,6 +75,7 @@ def train_centralised(
     recorder = FederationRecorder(Path(output_dir), settings.with_overrides(sites=""))
     recorder.end_of_round(0, ArrayRecord(model.cpu().state_dict()))
     rounds = settings.num_server_rounds
+    start = time.monotonic()
     for k in range(1, rounds + 1):
         stats = train_local(model, train, settings.train_settings(k), device)
         recorder.record(
@@ -92,6 +96,10 @@ def train_centralised(
         model.to(device)
         if on_block:
             on_block(k, rounds, recorder.history[-1])
+        if max_seconds is not None and k < rounds and time.monotonic() - start >= max_seconds:
+            log.info("stopped after block %d of %d: %.0f s of training were allowed", k, rounds, max_seconds)
+            rounds = k
+            break
     path = recorder.finish(ArrayRecord(model.cpu().state_dict()), rounds)
     log.info("model written to %s", path)
     return {"rounds": recorder.history}

@@ -45,6 +45,19 @@ def test_train_local_only_writes_one_model_per_hospital_trained_on_its_own_studi
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "not a site folder" in done.stderr
 
 
+def test_train_stops_after_the_block_that_spends_its_time_budget(tiny_federation, cache_dir, tmp_path):
+    sites = [str(s) for s in tiny_federation]
+    budget = ["--rounds", "5", "--local-epochs", "1", "--max-minutes", "0.0001", "--cache-dir", str(cache_dir)]
+    done = _fedaaa("train", "--mode", "pooled", "--output", str(tmp_path / "pooled"), *sites, *budget)
+    assert done.returncode == 0, done.stderr[-2000:]
+    history = json.loads((tmp_path / "pooled" / "history.json").read_text())
+    assert [r["round"] for r in history["rounds"]] == [0, 1]  # one block, then the budget is spent
+    model = load_model(tmp_path / "pooled" / "global_model.safetensors")
+    assert model.round == 1 and 0 < model.threshold < 1
+    done = _fedaaa("train", "--mode", "pooled", "--output", str(tmp_path / "y"), *sites, "--max-minutes", "0")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--max-minutes" in done.stderr
+
+
 def test_compare_tests_every_arm_on_the_same_studies_and_reports(tiny_federation, cache_dir, tmp_path):
     # every arm starts from the same pre-trained model (run-config initial-model), the federated ones too
     pre = {k: v + 0.05 for k, v in initial_state().items()}
