@@ -1,6 +1,6 @@
 """Time of ``fedaaa predict`` on one full-size study, cold: decoding, preprocessing, segmentation, measurement.
 
-    python bench/predict_bench.py [--model MODEL] [--out DIR] [--repeat 3]
+    python bench/predict_bench.py [--model MODEL] [--out DIR] [--repeat 3] [--device cpu|cuda]
 
 Writes one synthetic aneurysm patient as a 512 x 512 DICOM series at 1 mm slices (about 200-320 slices:
 the generator's scan length), evicts its files from the page cache before every run (``posix_fadvise``),
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="predict-bench-"))
     study = out / "study"
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeat):
         evict(study)
         t = time.perf_counter()
-        answer = predict_study(mf, study, torch.device("cpu"))
+        answer = predict_study(mf, study, torch.device(args.device))
         times.append(time.perf_counter() - t)
         shown = answer.get("error") or answer.get("max_diameter_mm") or answer.get("reason")
         print(f"run {i + 1}: {times[-1]:.2f} s ({shown})", flush=True)
