@@ -217,8 +217,8 @@ def train(msg: Message, context: Context) -> Message:
     settings, server_round, device, model, split = _prepare(msg, context, "train")
     privacy = site_privacy(context, settings)
     if privacy is None:
-        workers = context.node_config.get("loader-workers")
-        workers = None if workers is None else int(workers)
+        workers = int(context.node_config.get("loader-workers", -1))  # -1: automatic, as in hospital.toml
+        workers = None if workers < 0 else workers
         metrics = train_local(model, split.data, settings.train_settings(server_round), device, workers) | NO_DP
     else:
         metrics = _train_private(model, split, context, settings, server_round, device, privacy, _run_key(msg, context))
