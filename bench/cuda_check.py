@@ -59,15 +59,14 @@ def _cli(*args: str, log: Path) -> subprocess.CompletedProcess:
 
 
 def _epoch_seconds(train, device: str, workers: int) -> float:
-    os.environ["FEDAAA_LOADER_WORKERS"] = str(workers)
     torch.manual_seed(0)
     model = AortaNet()
     settings = TrainSettings(local_epochs=1, seed=1)
-    train_local(model, train, settings, torch.device(device))  # warm-up: kernels, allocator, worker start
+    train_local(model, train, settings, torch.device(device), workers)  # warm-up: kernels, allocator, workers
     if device == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
-    train_local(model, train, settings, torch.device(device))
+    train_local(model, train, settings, torch.device(device), workers)
     if device == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{dev}, {workers} loader workers": round(_epoch_seconds(train, dev, workers), 2),
     }
     found["epoch_patches"] = 2 * len(train.masked)
-    os.environ["FEDAAA_LOADER_WORKERS"] = str(workers)
+    os.environ["FEDAAA_LOADER_WORKERS"] = str(workers)  # for the `fedaaa train` below
     print(found, flush=True)
     save()
 
