@@ -424,7 +424,9 @@ def _draw_diameter(
     d0 = float(np.clip(rng.normal(*((19.3, 1.8) if male else (16.7, 1.6))), 15.0, 24.0 - taper))
     if kind == "normal":
         return AorticDiameter(bifurcation_h, top_h, d0, taper, max_h=np.floor(top_h * 2) / 2)  # head-most slice
-    peak = 30 + 50 * rng.beta(1.8, 3.2) if kind == "aneurysm" else rng.uniform(25.0, 29.5)
+    # aneurysms 30-82 mm, mean 53 (GENERATOR_VERSION 6; 30-80, mean 48 and few above 60 before): large sacs, whose
+    # middle lies far from their wall, are where a network that learned "a 20-30 mm tube" fails
+    peak = 30 + 52 * rng.beta(1.2, 1.5) if kind == "aneurysm" else rng.uniform(25.0, 29.5)
     length = min(rng.uniform(40, 120), 2 * (top_h - 120 - bifurcation_h))  # infrarenal: sac ends >= 90 mm below top
     hp = round(rng.uniform(bifurcation_h + 30, min(bifurcation_h + 110, top_h - 90 - length / 2)) * 2) / 2
     return AorticDiameter(bifurcation_h, top_h, d0, taper, max_h=hp, peak_mm=peak, sac_length_mm=length)

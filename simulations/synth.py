@@ -128,11 +128,13 @@ __all__ = [
     "ACQUISITION_VARIANTS",
     "GENERATOR_VERSION",
     "MANIFEST_COLUMNS",
+    "OTHER_PROTOCOL_SHARE",
     "RESAMPLED_VARIANTS",
     "TRUTH_COLUMNS",
     "VARIANT_BASE",
     "SiteSpec",
     "default_sites",
+    "study_protocols",
     "render_study",
     "variant_profile",
     "write_federation",
@@ -144,7 +146,8 @@ __all__ = [
 # 3: randomised tissue HU, thrombus, calcification, scan range; IVC, renal vein (site reuse)
 # 4: unlabelled distractors (pelvis, bladder, liver, spleen, lung bases)
 # 5: the diaphragmatic crura wrapped round the upper aorta (no fat plane there)
-GENERATOR_VERSION = 5
+# 6: a quarter of each hospital's studies in its other contrast protocol; aneurysms drawn larger (30-82 mm, mean 53)
+GENERATOR_VERSION = 6
 # ``mask`` before the optional ``split,sex`` keeps rows ending in "<split>,<sex>" (tests/test_federation.py
 # counts training rows by that ending); readers go by column name.
 MANIFEST_COLUMNS = ("study_id", "path", "aaa", "max_diameter_mm", "mask", "split", "sex")
@@ -235,6 +238,19 @@ def render_study(rng: np.random.Generator, profile: ScannerProfile, kind: str, s
     study = scan_patient(patient, profile)
     add_noise(study.hu, profile.noise_hu, rng)
     return study
+
+
+OTHER_PROTOCOL_SHARE = 0.25  # of each hospital's studies, scanned in its other protocol (GENERATOR_VERSION 6)
+
+
+def study_protocols(profile: ScannerProfile, n: int, rng: np.random.Generator) -> list[ScannerProfile]:
+    """Each of a hospital's ``n`` studies' scanner profile: its own, or, for about a quarter of them, its
+    other protocol: a contrast hospital's non-contrast scans (AAA surveillance, renal colic), a non-contrast
+    hospital's arterial-phase CTs. Every hospital then trains on both, as real ones do, and a sac of
+    uniform soft tissue (a non-contrast aneurysm) is common in every site's training data, not only at the
+    non-contrast sites. Drawn from its own ``rng``: the anatomy of every study stays as before."""
+    other = replace(profile, contrast=not profile.contrast)
+    return [other if flip else profile for flip in rng.random(n) < OTHER_PROTOCOL_SHARE]
 
 
 # ---------------------------------------------------------------------------------------------- variants
@@ -403,11 +419,13 @@ def write_site(
     sexes = np.where(rng.random(n) < np.where(kinds == "aneurysm", 0.8, 0.5), "M", "F")
     letter = re.sub(r"[^a-z0-9]", "", spec.name.rsplit("-", 1)[-1].lower()) or "s"
     truths = []
-    for i, child in enumerate(seq.spawn(n)):
+    children = seq.spawn(n)
+    protocols = study_protocols(spec.profile, n, np.random.default_rng(seq.spawn(1)[0]))
+    for i, child in enumerate(children):
         srng = np.random.default_rng(child)
         sid = f"{letter}-{i + 1:04d}"
-        study = render_study(srng, spec.profile, str(kinds[i]), str(sexes[i]))
-        write_study(site / "studies" / sid, study, spec.profile, sid, srng)
+        study = render_study(srng, protocols[i], str(kinds[i]), str(sexes[i]))
+        write_study(site / "studies" / sid, study, protocols[i], sid, srng)
         write_mask(site / "masks" / f"{sid}.nii.gz", study)
         truths.append(study.truth(sid))
         if progress:

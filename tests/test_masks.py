@@ -18,15 +18,16 @@ from fedaaa.common.site import Site
 from fedaaa.simulations.synth import MANIFEST_COLUMNS, ScannerProfile, SiteSpec, write_site
 
 # The DICOM pixel data of these sites, digested when the labels were added: writing the labels must not change one
-# pixel nor one random draw. Digests of GENERATOR_VERSION 5, whose images changed on purpose (diaphragmatic crura
-# around the upper aorta; their draws shift the noise); version 4's were 9a7282db... and 0b77748e... (unlabelled
+# pixel nor one random draw. Digests of GENERATOR_VERSION 6, whose images changed on purpose (a quarter of each
+# hospital's studies in its other contrast protocol; larger aneurysms); version 5's were 664f20fd... and c4248d9b...
+# (diaphragmatic crura around the upper aorta; their draws shift the noise); version 4's were 9a7282db... and 0b77748e... (unlabelled
 # pelvis, bladder, liver, spleen and lung bases); version 3's were 84c35639... and
 # 95c4362a... (randomised tissue HU, thrombus and calcification, IVC, renal vein, scan range), version 2's
 # 86cc90f5... and fbd68417...
 PINNED = {
     "hospital-d": (
         SiteSpec("hospital-d", 4, 0.5, ScannerProfile(name="d", matrix=48, slice_thickness_mm=10.0, noise_hu=10.0), 7),
-        "664f20fd9875118e960c5bd15171a970d055ebf424a075b8703aa849225387b6",
+        "eab136c71d05638a63f247b579460999b561bbf596da51dbb006d8692b02601d",
     ),
     "hospital-e": (
         SiteSpec(
@@ -46,7 +47,7 @@ PINNED = {
             ),
             8,
         ),
-        "c4248d9bc82c46fe48251a0c16987a8356bc4c4cac70e82f6f9f87fcaddd5496",
+        "62beb8cd14dcafe073d8871443f36ba7701e381ad462dd34a296f5dd906c6447",
     ),
 }
 # straight aorta, 2.25 mm pixels: fine enough to measure the label's diameter

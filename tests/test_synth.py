@@ -18,6 +18,7 @@ from fedaaa.simulations.synth import (
     EXTRAS,
     KINDS,
     MANIFEST_COLUMNS,
+    OTHER_PROTOCOL_SHARE,
     Patient,
     ScannerProfile,
     SiteSpec,
@@ -26,6 +27,7 @@ from fedaaa.simulations.synth import (
     draw_patient,
     render_study,
     scan_patient,
+    study_protocols,
     variant_profile,
     write_federation,
     write_site,
@@ -554,6 +556,30 @@ def test_manifest(site, manifest):
         assert (t["kind"] == "aneurysm") == (r["aaa"] == "1") and t["max_diameter_mm"] == r["max_diameter_mm"]
     zs = {float(d.ImagePositionPatient[2]) for d in first}
     assert float(truth[manifest[0]["study_id"]]["max_z_mm"]) in zs
+
+
+def test_a_share_of_each_site_is_scanned_in_its_other_protocol(site, manifest):
+    """A contrast hospital also writes non-contrast studies (and the other way round): the header says which,
+    and the aorta really is bright or not. The anatomy draws are the study's own, whatever its protocol."""
+    import nibabel as nib
+
+    from fedaaa.common.io import read_study
+
+    upper = {}
+    for r in manifest:
+        first = _read_series(site / r["path"])[0]
+        plain = first.SeriesDescription == "Abdomen non-contrast"
+        assert plain == ("ContrastBolusAgent" not in first)
+        volume, label = read_study(site / r["path"]), np.asarray(nib.load(site / r["mask"]).dataobj) > 0
+        upper[r["study_id"]] = (plain, float(np.percentile(volume.hu[label], 75)))
+    plain = [hu for p, hu in upper.values() if p]
+    contrast = [hu for p, hu in upper.values() if not p]
+    assert 1 <= len(plain) < len(contrast)  # the site's own protocol stays the usual one
+    assert max(plain) < 100 < min(contrast), upper
+    protocols = study_protocols(SPEC.profile, 4000, np.random.default_rng(0))
+    other = [p for p in protocols if p != SPEC.profile]
+    assert len(other) / 4000 == pytest.approx(OTHER_PROTOCOL_SHARE, abs=0.03)
+    assert all(p == replace(SPEC.profile, contrast=False) for p in other)
 
 
 def test_determinism(tmp_path):
