@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--res-units", type=int, default=ArchSettings().res_units, help="residual units per U-Net stage")
+    ap.add_argument("--channels", type=int, nargs="+", default=ArchSettings().channels, help="U-Net stage channels")
+    ap.add_argument("--patch-size", type=int, nargs=3, default=ArchSettings().patch_size, help="training patch, voxels")
     ap.add_argument("--train-budget-s", type=float, default=None, help="stop training after this many seconds")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--gen-n", type=int, default=48, help="independent-renderer studies (0: skip)")
@@ -91,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     torch.manual_seed(args.seed)
-    model = AortaNet(replace(ArchSettings(), res_units=args.res_units))
+    arch = replace(
+        ArchSettings(), res_units=args.res_units, channels=tuple(args.channels), patch_size=tuple(args.patch_size)
+    )
+    model = AortaNet(arch)
     log = []
     t_train = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
