@@ -11,35 +11,18 @@ from monai.inferers import sliding_window_inference
 
 from fedaaa.common.measure import Measurement, measure_aorta
 from fedaaa.common.model import AortaNet
-from fedaaa.common.settings import ArchSettings
 
 AIR_LEVEL = 0.005  # scaled intensity below which a voxel is air or lung (about -147 HU in the default window)
 THORAX_AIR_SHARE = 0.3  # a slice whose central box is this much air is at the lungs' level, not the abdomen's
 
 
-def inference_window(arch: ArchSettings, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """The sliding window: the input's whole in-plane box (rounded up to the U-Net's down-sampling; the
-    inferer pads) by the training patch's slices. The network is fully convolutional, and a window that
-    cuts a 60-80 mm sac in two leaves its far half unsegmented (the window's edge is all that half sees);
-    the whole box gives every voxel its full in-plane context, in fewer windows."""
-    factor = 2 ** (len(arch.channels) - 1)
-    in_plane = [max(p, -(-int(n) // factor) * factor) for p, n in zip(arch.patch_size[:2], image_shape[:2])]
-    return (*in_plane, int(arch.patch_size[2]))
-
-
 @torch.no_grad()
 def aorta_probability(model: AortaNet, image: torch.Tensor, device: torch.device) -> np.ndarray:
-    """Per-voxel aorta probability (X, Y, Z) of one input (1, X, Y, Z), by overlapping windows along z
-    (:func:`inference_window`)."""
+    """Per-voxel aorta probability (X, Y, Z) of one input (1, X, Y, Z), by overlapping patches."""
     model.to(device).eval()
     x = image[None].to(device)
     logits = sliding_window_inference(
-        x,
-        roi_size=inference_window(model.arch, tuple(image.shape[1:])),
-        sw_batch_size=2,
-        predictor=model,
-        overlap=0.25,
-        mode="gaussian",
+        x, roi_size=tuple(model.arch.patch_size), sw_batch_size=4, predictor=model, overlap=0.25, mode="gaussian"
     )
     return torch.sigmoid(logits)[0, 0].float().cpu().numpy()
 

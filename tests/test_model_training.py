@@ -23,7 +23,7 @@ from fedaaa.common.io import read_study
 from fedaaa.common.metrics import auroc_from_histograms, evaluation_stats, sum_stats, summarize
 from fedaaa.common.model import AortaNet, ModelFile, load_model, save_model, segmentation_loss
 from fedaaa.common.preprocess import PreprocessSettings, load_study_input, preprocess_volume
-from fedaaa.common.segment import NO_ABDOMEN, abdominal_levels, aorta_probability, inference_window, measure_input
+from fedaaa.common.segment import NO_ABDOMEN, abdominal_levels, measure_input
 from fedaaa.common.settings import ArchSettings
 from fedaaa.common.site import Site, StudySet
 from fedaaa.common.training import TrainSettings, _batches, evaluate_local, loader_workers, train_local
@@ -230,19 +230,3 @@ def test_a_scan_without_abdominal_levels_is_not_measured():
         AortaNet(ArchSettings(patch_size=(32, 32, 16))), chest, np.diag([1.5, 1.5, 3.0, 1.0]), torch.device("cpu")
     )
     assert not m.measurable and m.reason == NO_ABDOMEN and m.max_diameter_mm is None
-
-
-def test_inference_windows_span_the_whole_in_plane_box():
-    # A window narrower than the box cuts a large sac in two and leaves its far half unsegmented: every window
-    # covers the whole in-plane box (rounded up to the U-Net's down-sampling; the inferer pads), and slides
-    # along z only, with the training patch's depth.
-    arch = ArchSettings(channels=(4, 8, 16), patch_size=(32, 32, 16))
-    model = AortaNet(arch)
-    seen = []
-    model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[2:])))
-    prob = aorta_probability(model, torch.rand(1, 70, 61, 40), torch.device("cpu"))
-    assert prob.shape == (70, 61, 40) and np.isfinite(prob).all()
-    assert seen and {s for s in seen} == {(72, 64, 16)}
-    assert inference_window(arch, (70, 61, 40)) == (72, 64, 16)
-    assert inference_window(arch, (20, 20, 8)) == (32, 32, 16)  # never below the training patch
-    assert inference_window(ArchSettings(), (128, 128, 192)) == (128, 128, 32)
