@@ -23,7 +23,7 @@ from fedaaa.common.io import read_study
 from fedaaa.common.metrics import auroc_from_histograms, evaluation_stats, sum_stats, summarize
 from fedaaa.common.model import AortaNet, ModelFile, load_model, save_model, segmentation_loss
 from fedaaa.common.preprocess import PreprocessSettings, load_study_input, preprocess_volume
-from fedaaa.common.segment import NO_ABDOMEN, abdominal_levels, measure_input
+from fedaaa.common.segment import NO_ABDOMEN, abdominal_levels, aorta_probability, measure_input
 from fedaaa.common.settings import ArchSettings
 from fedaaa.common.site import Site, StudySet
 from fedaaa.common.training import TrainSettings, _batches, evaluate_local, loader_workers, train_local
@@ -230,3 +230,22 @@ def test_a_scan_without_abdominal_levels_is_not_measured():
         AortaNet(ArchSettings(patch_size=(32, 32, 16))), chest, np.diag([1.5, 1.5, 3.0, 1.0]), torch.device("cpu")
     )
     assert not m.measurable and m.reason == NO_ABDOMEN and m.max_diameter_mm is None
+
+
+def test_training_patches_and_prediction_windows_span_the_whole_in_plane_box():
+    # A window narrower than the box cuts a 60-80 mm sac in two and leaves its far half unsegmented, and a network
+    # answering on larger windows than it trained on sees other InstanceNorm statistics (a halo round normal
+    # aortas): by default the training patch is the whole in-plane box, and prediction slides it along z only.
+    assert tuple(ArchSettings().patch_size[:2]) == tuple(PreprocessSettings().roi_size[:2])
+    data = StudySet((1.5, 1.5, 3.0))
+    label = torch.zeros(1, 64, 64, 40)
+    label[0, 28:36, 30:38, :] = 1
+    data.add(torch.rand(1, 64, 64, 40), label, 0, 20.0)
+    arch = ArchSettings(channels=(4, 8, 16), patch_size=(64, 64, 16))
+    batches = list(_batches(data, TrainSettings(batch_size=2), arch.patch_size, np.random.default_rng(0)))
+    assert batches and all(tuple(x.shape[2:]) == (64, 64, 16) for x, _ in batches)
+    model = AortaNet(arch)
+    seen = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[2:])))
+    prob = aorta_probability(model, torch.rand(1, 64, 64, 40), torch.device("cpu"))
+    assert prob.shape == (64, 64, 40) and seen and set(seen) == {(64, 64, 16)}
