@@ -152,8 +152,8 @@ class ArchSettings:
     units per stage, ``patch_size`` the training patch and sliding-window size (voxels, divisible by the
     total down-sampling)."""
 
-    # Five stages (down to 1/16 of the grid): half of a voxel's evidence then comes from within 21 voxels (31 mm)
-    # instead of 11 with four, so the middle of a 60-80 mm sac of uniform thrombus still sees its outer wall.
+    # Five stages (down to 1/16 of the grid): at initialisation half of a voxel's evidence comes from within 21 voxels
+    # (31 mm) instead of 11 with four, so the middle of a 60-80 mm sac of uniform thrombus still sees its outer wall.
     channels: tuple[int, ...] = (8, 16, 32, 64, 128)
     res_units: int = 0  # plain strided convolutions: 2-4x faster on a CPU than residual units, as accurate here
     dropout: float = 0.0

@@ -580,6 +580,16 @@ def test_a_share_of_each_site_is_scanned_in_its_other_protocol(site, manifest):
     other = [p for p in protocols if p != SPEC.profile]
     assert len(other) / 4000 == pytest.approx(OTHER_PROTOCOL_SHARE, abs=0.03)
     assert all(p == replace(SPEC.profile, contrast=False) for p in other)
+    # a study in the other protocol is the patient its own seed draws under the site's protocol
+    with open(site / "truth.csv", newline="") as f:
+        truth = {t["study_id"]: t for t in csv.DictReader(f)}
+    i = next(k for k, r in enumerate(manifest) if upper[r["study_id"]][0])
+    seq = np.random.SeedSequence(SPEC.seed)
+    seq.spawn(1)  # the site's own draws (kinds, sexes, split)
+    child = seq.spawn(SPEC.n_studies)[i]
+    t = truth[manifest[i]["study_id"]]
+    same = render_study(np.random.default_rng(child), SPEC.profile, t["kind"], t["sex"])
+    assert (f"{same.max_diameter_mm:.1f}", f"{same.max_z_mm:.2f}") == (t["max_diameter_mm"], t["max_z_mm"])
 
 
 def test_determinism(tmp_path):
