@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{dev}, no loader workers": round(_epoch_seconds(train, dev, 0), 2),
         f"{dev}, {workers} loader workers": round(_epoch_seconds(train, dev, workers), 2),
     }
-    found["epoch_patches"] = 2 * len(train.masked)
+    found["epoch_patches"] = TrainSettings().patches_per_study * len(train.masked)
     os.environ["FEDAAA_LOADER_WORKERS"] = str(workers)  # for the `fedaaa train` below
     print(found, flush=True)
     save()
