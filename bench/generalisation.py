@@ -192,7 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     real_rows = {r["study_id"]: r for r in rows if r["set"] == "real-ct"}
     if "real-unmodified" in real_rows:
         r = real_rows["real-unmodified"]
-        md += f"\nUnmodified real CT: called {'AAA' if r['pred_aaa'] else 'no AAA'}, {fmt(r['pred_d'], 1)} mm (reference {r['true_d']:.1f} mm)."
+        said = (
+            "not measurable"
+            if np.isnan(r["pred_d"])
+            else f"called {'AAA' if r['pred_aaa'] else 'no AAA'}, {r['pred_d']:.1f} mm"
+        )
+        md += f"\nUnmodified real CT: {said} (reference {r['true_d']:.1f} mm)."
     aaa_heavy = [r for r in heavy if r["aaa"]]
     if aaa_heavy:
         lumen_err = np.nanmean([abs(r["pred_d"] - r["lumen_d"]) for r in aaa_heavy])
