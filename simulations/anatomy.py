@@ -11,8 +11,10 @@ state gives the same patient, whatever scanner later samples it.
 
 The generator teaches anatomy rather than one renderer's style (in the spirit of SynthSeg): every patient has its
 own tissue HU (:class:`Tissues`), thrombus from none to 90% of the sac (often a crescent), from no calcification to
-rings of it, a scanned length of 200-320 mm with the bifurcation 15-110 mm above its caudal end, and neighbours
-that may touch the aorta (IVC, left renal vein, bowel; thin patients with little retroperitoneal fat). Only the
+rings of it, a scanned length of 200-320 mm with the bifurcation 15-110 mm above its caudal end, sacs that grow
+backward beside the vertebral body as well as forward (:attr:`Aorta.sink`), intervertebral discs of soft tissue right
+behind the aorta, and neighbours that may touch the aorta (IVC, left renal vein, bowel; thin patients with little
+retroperitoneal fat). Only the
 aorta is ever labelled, and the truth is always its outer wall. Draws added for this come after every earlier
 draw, so the fields drawn before keep their values for a seed.
 
@@ -131,6 +133,9 @@ class Aorta:
     iliac_spread: float
     bend_x: Wander  # tortuous centreline, scaled by ScannerProfile.tortuosity when scanned
     bend_y: Wander
+    # share of a sac's growth in depth that goes backward, beside the vertebral body and over the psoas (which it
+    # displaces), instead of forward: 0 keeps the back of the wall 3 mm in front of the spine at every height
+    sink: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,16 @@ class Body:
     vertebra_y: float  # centre of the vertebral body
     cortex_mm: float
     marrow_hu: float
+    # intervertebral discs (GENERATOR_VERSION 7): soft tissue in place of the vertebral body over ``disc_mm`` of
+    # height every ``disc_period_mm`` (0: none), the first at height ``disc_phase_mm``
+    disc_period_mm: float = 0.0
+    disc_phase_mm: float = 0.0
+    disc_mm: float = 0.0
+    disc_hu: float = 0.0
+
+    def is_disc(self, h: float) -> bool:
+        """Whether height ``h`` cuts an intervertebral disc."""
+        return self.disc_period_mm > 0 and (h - self.disc_phase_mm) % self.disc_period_mm < self.disc_mm
 
     @property
     def inner_half_width(self) -> float:
@@ -743,6 +758,19 @@ def draw_patient(rng: np.random.Generator, kind: str, sex: str) -> Patient:
     calcifications += _draw_more_calcifications(rng, h_bif, length, bool(calcifications))
     distractors = _draw_distractors(rng, body, length, h_bif)  # after every draw above (they keep their values)
     crura = _draw_crura(rng, length)  # after every draw above (GENERATOR_VERSION 5)
+    # after every draw above (GENERATOR_VERSION 7): a large sac grows sideways and backward round the vertebral body
+    # as well as forward; with the back of its wall always pinned in front of the spine, a network learned that
+    # nothing beside the vertebra is aorta and cut the back and sides off sacs drawn by anyone else
+    sink = rng.uniform(0.0, 0.7)
+    # the discs between the vertebral bodies: soft tissue right behind the aorta, which is not aorta either
+    period = rng.uniform(30, 38)
+    body = replace(
+        body,
+        disc_period_mm=period,
+        disc_phase_mm=rng.uniform(0, period),
+        disc_mm=rng.uniform(6, 10),
+        disc_hu=rng.uniform(60, 110),
+    )
     aorta = Aorta(
         diameter=diameter,
         x_mm=x0,
@@ -755,6 +783,7 @@ def draw_patient(rng: np.random.Generator, kind: str, sex: str) -> Patient:
         iliac_spread=iliac_spread,
         bend_x=bend_x,
         bend_y=bend_y,
+        sink=sink,
     )
     anatomy = Anatomy(
         length_mm=length,

@@ -13,9 +13,11 @@ them) and by contrast phase (``_LUMEN_HU``: lumen 200-400 arterial, 130-200 port
 Painting order on each slice: body and spine, the distractors (bladder, pelvic bones in their muscle sleeves, liver,
 spleen, lung bases: :class:`_DistractorPainter`; liver 50-70 HU plus ``_LIVER_GAIN``, spleen 40-55 plus
 ``_SPLEEN_GAIN``), IVC (or the iliac veins) and left renal vein, kidneys, bowel (loops reaching into a distractor
-left out), aorta (or iliac arteries: wall, thrombus, lumen) and its calcifications. The neighbours may touch the
-aorta (the scanner keeps only each anatomy's least gaps) but never overlap it; the distractors keep at least 3 mm of
-fat from its outer wall, off the vertebra, and change neither the label nor the truth.
+left out), aorta (or iliac arteries: wall, thrombus, lumen) and its calcifications, then the vertebral body again
+where a sunken sac (``Aorta.sink``) reached back past the spine's front (the sac wraps round it; the body is a disc
+of soft tissue at the disc levels, ``Body.is_disc``). The neighbours may touch the aorta (the scanner keeps only
+each anatomy's least gaps) but never overlap it; the distractors keep at least 3 mm of fat from its outer wall, off
+the vertebra, and change neither the label nor the truth.
 
 Slices are point samples along z (SliceThickness is a header value); the slice grid is anchored on the aortic
 maximum (on the head-most slice for normals), so that maximum is a slice centre under every spacing. The profile's
@@ -364,6 +366,12 @@ class _Grid:
             if label is not None:
                 label[where] |= cov >= 0.5
 
+    def erase(self, label: np.ndarray, shape: _Shape) -> None:
+        """Unmark in ``label`` the pixels that ``shape`` covers by >= 0.5."""
+        box = self.coverage(shape)
+        if box is not None:
+            label[box[0]] &= box[1] < 0.5
+
     def field(self, shape: _Shape, grow: float = 0.0) -> tuple[tuple[slice, slice], np.ndarray] | None:
         """0.5 - signed distance / pixel spacing over ``shape``'s box grown by ``grow`` mm (and one pixel): the
         coverage, before clipping, of the shape and (adding offset / pixel spacing) of its offsets up to ``grow``."""
@@ -533,7 +541,10 @@ def _sample_aorta(anatomy: Anatomy, h: np.ndarray, tortuosity: float) -> _Aortic
     slope = np.where(aortic, np.hypot(dtx, dty), 0.0)
     phi, sec = np.arctan2(dty, dtx), np.sqrt(1 + slope**2)
     ex = R * np.sqrt((sec * np.cos(phi)) ** 2 + np.sin(phi) ** 2)  # half extents of the oblique cut
-    ey = R * np.sqrt((sec * np.sin(phi)) ** 2 + np.cos(phi) ** 2)
+    stretch_y = np.sqrt((sec * np.sin(phi)) ** 2 + np.cos(phi) ** 2)
+    ey = R * stretch_y
+    # the back of the wall lies 3 mm in front of the spine, less the sac's sunken share of its growth in depth
+    sunk = aorta.sink * np.maximum(ey - np.where(aortic, baseline, 0.0) / 2 * stretch_y, 0.0)
     r_il = aorta.iliac_radius
     iliac_offset_at_bif = max(r_il * 1.05, float(dia.outer(h_bif)) / 2 - r_il)
     il_dx = iliac_offset_at_bif + aorta.iliac_spread * np.clip(h_bif - h, 0, _ILIAC_RUN_MM)
@@ -543,7 +554,7 @@ def _sample_aorta(anatomy: Anatomy, h: np.ndarray, tortuosity: float) -> _Aortic
         baseline=baseline,
         bulge=bulge,
         x=aorta.x_mm + aorta.wander_x(h) + tx,
-        y=anatomy.body.spine_front_y - 3 - ey + ty,
+        y=anatomy.body.spine_front_y - 3 - ey + sunk + ty,
         dx_dh=dtx,
         dy_dh=dty,
         slope=slope,
@@ -699,6 +710,31 @@ def _paint_calcifications(
         if abs(h - c.h) <= c.half_length:
             rr = aorta.diameter[k] / 2 - c.radius - 0.3  # inside the outer wall
             grid.paint(img, _arc(x, y, rr, c.radius, c.angle, c.arc, phi, sec), c.hu)
+
+
+def _restore_vertebra(
+    img: np.ndarray, grid: _Grid, anatomy: Anatomy, aorta: _AorticSlices, h: float, k: int, label: np.ndarray
+) -> None:
+    """Where a sunken sac (Aorta.sink) reaches back past the spine's front, the vertebral body stays in front of
+    it: repaint its cortex and marrow and take it out of the label (the sac wraps round it)."""
+    body = anatomy.body
+    if aorta.y[k] + aorta.half_width_y[k] <= body.spine_front_y - 3 + 1e-6:
+        return
+    vertebra = _paint_vertebra(img, grid, anatomy, h)
+    grid.erase(label, vertebra)
+
+
+def _paint_vertebra(img: np.ndarray, grid: _Grid, anatomy: Anatomy, h: float) -> _Shape:
+    """The vertebral body at height h, or the intervertebral disc there; returns its outline."""
+    body = anatomy.body
+    vertebra = _circle(0, body.vertebra_y, body.vertebra_radius)
+    if body.is_disc(h):
+        grid.paint(img, vertebra, body.disc_hu)
+    else:
+        tissue = _tissue_hu(anatomy)
+        grid.paint(img, vertebra, tissue["cortical_bone"])
+        grid.paint(img, _circle(0, body.vertebra_y, body.vertebra_radius - body.cortex_mm), tissue["marrow"])
+    return vertebra
 
 
 class _DistractorPainter:
@@ -867,6 +903,8 @@ def scan_patient(patient: Patient, profile: ScannerProfile) -> SyntheticStudy:
     for k in range(len(h)):
         img = hu[k]
         img[:] = body_img
+        if anatomy.body.is_disc(h[k]):
+            _paint_vertebra(img, grid, anatomy, h[k])
         vessels = _vessel_cuts(anatomy, aorta, k)
         solids = [] if distractors is None else distractors.paint(img, vessels, h[k])
         veins = _vein_cuts(anatomy, vessels, h[k])
@@ -886,6 +924,7 @@ def scan_patient(patient: Patient, profile: ScannerProfile) -> SyntheticStudy:
             _paint_vessel(img, grid, v, anatomy.aorta, bulge, lumen_hu, tissue["vessel_wall"], label)
         if aorta.aortic[k]:
             _paint_calcifications(img, grid, anatomy, aorta, h[k], k)
+            _restore_vertebra(img, grid, anatomy, aorta, h[k], k, mask[k])
     return _study(patient, profile, grid, h, aorta, hu, mask)
 
 

@@ -147,7 +147,8 @@ __all__ = [
 # 4: unlabelled distractors (pelvis, bladder, liver, spleen, lung bases)
 # 5: the diaphragmatic crura wrapped round the upper aorta (no fat plane there)
 # 6: a quarter of each hospital's studies in its other contrast protocol; aneurysms drawn larger (30-82 mm, mean 53)
-GENERATOR_VERSION = 6
+# 7: sacs also grow backward beside the vertebral body (Aorta.sink), not only forward; intervertebral discs
+GENERATOR_VERSION = 7
 # ``mask`` before the optional ``split,sex`` keeps rows ending in "<split>,<sex>" (tests/test_federation.py
 # counts training rows by that ending); readers go by column name.
 MANIFEST_COLUMNS = ("study_id", "path", "aaa", "max_diameter_mm", "mask", "split", "sex")

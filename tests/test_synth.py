@@ -69,11 +69,12 @@ def _widths(study, k, patient):
 
 def _alone(patient: Patient, plain: bool = False) -> Patient:
     """The patient without the neighbours that may touch the aorta (IVC and iliac veins, left renal vein, abutting
-    bowel, close kidneys, the diaphragmatic crura) nor the distractors (pelvis, bladder, liver, spleen, lungs): to check
-    the aorta's own geometry in the image. ``plain``: no calcification either, and
-    thrombus as dense as the wall (the outer wall's partial volume then mixes only fat and wall)."""
+    bowel, close kidneys, the diaphragmatic crura, the vertebra under a sunken sac) nor the distractors (pelvis,
+    bladder, liver, spleen, lungs): to check the aorta's own geometry in the image. ``plain``: no calcification
+    either, and thrombus as dense as the wall (the outer wall's partial volume then mixes only fat and wall)."""
     anatomy = replace(
         patient.anatomy,
+        aorta=replace(patient.anatomy.aorta, sink=0.0),
         cava=None,
         renal_vein=None,
         kidney_gap_mm=10.0,
@@ -395,6 +396,52 @@ def test_scan_range_and_infrarenal_sac():
     s = scan_patient(patients[0], replace(PROFILE, slice_thickness_mm=2.5))
     h = s.z_mm - patients[0].anatomy.z_lo_mm
     assert lo[0] - 1e-9 <= h.min() < lo[0] + 2.5 and hi[0] - 2.5 < h.max() <= hi[0] + 1e-9
+
+
+def test_sunken_sac_wraps_round_the_vertebra():
+    """GENERATOR_VERSION 7: a sac that sinks (Aorta.sink) reaches back beside the vertebral body, which stays in
+    front of it (bone or disc) and out of the label; one that does not keeps its back 3 mm in front of the spine.
+    Its widest chord is still the truth (the lateral one, through its centre)."""
+    sinks = np.array([p.anatomy.aorta.sink for p in _patients("aneurysm", 200)])
+    assert sinks.min() < 0.05 and sinks.max() > 0.65 and 0.25 < sinks.mean() < 0.45  # from none to most
+    _, patient = _first("aneurysm", "M", lambda p: p.anatomy.aorta.diameter.peak_mm > 60)
+    body = patient.anatomy.body
+    profile = replace(PROFILE, matrix=240, fov_mm=360.0, slice_thickness_mm=2.0, noise_hu=0.0)
+    backs = {}
+    for sink in (0.0, 0.7):
+        alone = _alone(patient)
+        s = scan_patient(
+            replace(alone, anatomy=replace(alone.anatomy, aorta=replace(alone.anatomy.aorta, sink=sink))), profile
+        )
+        k = int(np.argmax(s.diameter_mm))
+        ps, (x0, y0) = s.pixel_spacing_mm, s.origin_mm
+        yy, xx = np.mgrid[:240, :240] * ps + np.array([y0, x0])[:, None, None]
+        label = s.aorta_mask[k]
+        backs[sink] = yy[label].max()  # LPS: +y is posterior
+        in_vertebra = np.hypot(xx, yy - body.vertebra_y) < body.vertebra_radius - ps
+        assert not (label & in_vertebra).any()
+        centre = s.hu[k][_rc(s, k, 0.0, body.vertebra_y)]
+        assert centre > 150 or abs(centre - body.disc_hu) < 1  # marrow, or a disc
+        row = label[_rc(s, k, *s.aorta_center_mm[k])[0]]
+        assert row.sum() * ps == pytest.approx(s.diameter_mm[k], abs=2 * ps)
+    assert backs[0.0] <= body.spine_front_y - 3 + ps
+    assert backs[0.7] > body.spine_front_y + 5  # beside the vertebral body, over the psoas
+
+
+def test_intervertebral_discs_are_soft_tissue():
+    """GENERATOR_VERSION 7: every 30-38 mm of height the vertebral body is a 6-10 mm disc of soft tissue (60-110
+    HU), right behind the aorta and not aorta."""
+    patient = _alone(draw_patient(np.random.default_rng(4), "normal", "F"))
+    body = patient.anatomy.body
+    assert 30 <= body.disc_period_mm <= 38 and 6 <= body.disc_mm <= 10 and 60 <= body.disc_hu <= 110
+    s = scan_patient(patient, replace(PROFILE, matrix=96, slice_thickness_mm=1.0, noise_hu=0.0))
+    h = s.z_mm - patient.anatomy.z_lo_mm
+    disc = np.array([body.is_disc(v) for v in h])
+    assert 0.15 < disc.mean() < 0.35
+    centre = np.array([s.hu[k][_rc(s, k, 0.0, body.vertebra_y)] for k in range(len(h))])
+    np.testing.assert_allclose(centre[disc], body.disc_hu, atol=0.5)
+    assert (centre[~disc] > 150).all()
+    assert not any(s.aorta_mask[k][_rc(s, k, 0.0, body.vertebra_y)] for k in range(len(h)))
 
 
 def test_calcification_from_none_to_rings():

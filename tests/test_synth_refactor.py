@@ -37,11 +37,14 @@ PROFILE = ScannerProfile(matrix=48, slice_thickness_mm=5.0)
 # -600.23 in version 4) and the next draw (145248957, 30391801, 339845462, 1047755195) changed.
 # GENERATOR_VERSION 6 drew the aneurysms' peak diameter from a wider beta (the same single draw): only the two
 # aneurysms' maximum (47.5 and 36.1 mm in version 5) and so their mean HU (-528.91, -600.17) changed.
+# GENERATOR_VERSION 7 (sacs sinking beside the vertebra, intervertebral discs) drew them last: only the mean HU
+# (-649.86, -544.96, -528.82, -600.18 in version 6) and the next draw (385507764, 276992238, 572132336, 41250605)
+# changed.
 PINNED = [
-    ((0, "normal", "F", 0.0), (59, 18.4, -0.5, 43, -649.86, 385507764)),
-    ((1, "ectatic", "M", 0.0), (71, 26.4, -162.0, 57, -544.96, 276992238)),
-    ((2, "aneurysm", "M", 0.5), (73, 52.0, -182.0, 51, -528.82, 572132336)),
-    ((3, "aneurysm", "F", 0.0), (86, 35.5, -199.0, 61, -600.18, 41250605)),
+    ((0, "normal", "F", 0.0), (59, 18.4, -0.5, 43, -650.41, 105203381)),
+    ((1, "ectatic", "M", 0.0), (71, 26.4, -162.0, 57, -545.26, 516491248)),
+    ((2, "aneurysm", "M", 0.5), (73, 52.0, -182.0, 51, -529.32, 98114158)),
+    ((3, "aneurysm", "F", 0.0), (86, 35.5, -199.0, 61, -600.51, 886243712)),
 ]
 
 
