@@ -122,13 +122,15 @@ def plot_learning_curve(history: dict, test: dict, path: Path) -> Path:
     ax1b.plot(x, [r.get("val_auroc") for r in rounds], "s-", color="tab:purple", label="validation AUROC")
     ax1b.set_ylim(0.0, 1.02)
     ax1.set(xlabel="round", ylabel="loss", title="Segmentation and detection")
-    ax1.legend(loc="upper left", fontsize=8), ax1b.legend(loc="lower right", fontsize=8)
+    # one legend under the panel: inside it, a corner legend hid the last rounds' points
+    handles, labels = (a + b for a, b in zip(ax1.get_legend_handles_labels(), ax1b.get_legend_handles_labels()))
+    ax1.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)
     ax2.plot(x, [r.get("val_diameter_mae_mm") for r in rounds], "o-", label="validation MAE")
     ax2.axhline(test["diameter_mae_mm"], ls=":", color="k", label=f"test MAE {test['diameter_mae_mm']:.2f} mm")
     ax2.set(xlabel="round", ylabel="mm", title="Maximum diameter error")
-    ax2.legend(fontsize=8)
+    ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
