@@ -20,7 +20,7 @@ import torch
 from fedaaa.common.config import PREPROCESS
 from fedaaa.common.io import read_study
 from fedaaa.common.measure import measure_aorta
-from fedaaa.common.preprocess import preprocess_volume, volume_to_input
+from fedaaa.common.preprocess import StudyInput, preprocess_volume
 from fedaaa.simulations.synth import (
     ACQUISITION_VARIANTS,
     RESAMPLED_VARIANTS,
@@ -51,6 +51,27 @@ def reference(variants):
     return read_study(variants["reference"])
 
 
+def _model_grid(folder: Path, variant: str | dict) -> StudyInput:
+    """The study exported as ``variant`` on the network's grid (resampled to 1.5 x 1.5 x 3 mm, the body crop),
+    with the patient's aorta label carried through the same preprocessing (from the noise-free render of the
+    same seed under the same profile)."""
+    study = render_study(np.random.default_rng(SEED), variant_profile(variant, VARIANT_BASE), "aneurysm", "M")
+    return preprocess_volume(read_study(folder), PREPROCESS, study.ras_mask())
+
+
+@pytest.fixture(scope="module")
+def on_model_grid(variants):
+    """:func:`_model_grid` of a named export, computed once per module."""
+    done: dict[str, StudyInput] = {}
+
+    def get(name: str) -> StudyInput:
+        if name not in done:
+            done[name] = _model_grid(variants[name], name)
+        return done[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", SAME_GRID)
 def test_same_grid_variants_read_back_identically(variants, reference, name):
     vol = read_study(variants[name])
@@ -67,38 +88,37 @@ def test_same_grid_variants_read_back_identically(variants, reference, name):
 
 
 @pytest.mark.parametrize("name", RESAMPLED_VARIANTS)
-def test_resampled_variants_agree_within_voxel_tolerance(variants, reference, name):
-    vol = read_study(variants[name])
-    x, x0 = volume_to_input(vol, PREPROCESS)[0], volume_to_input(reference, PREPROCESS)[0]
+def test_resampled_variants_agree_within_voxel_tolerance(on_model_grid, name):
+    got, ref = on_model_grid(name), on_model_grid("reference")
+    x, x0 = got.image[0], ref.image[0]
     assert x.shape == x0.shape
     diff = (x - x0).abs()
     assert float(diff.mean()) < 0.025, float(diff.mean())  # the same anatomy on the model's grid
-    # the contrast-filled aortic lumen (above 200 HU) sits in the same place, within one voxel
+    # the bright structures (contrast-filled arteries and bone, above 200 HU) sit in the same place: within one
+    # voxel in-plane, and along z within one slice of the reference's 5 mm grid (since generator 7 the vertebral
+    # bodies alternate with discs every 30-38 mm, and 5 mm slices sample their ends a slice apart)
     lumen, lumen0 = x > 350 / 600, x0 > 350 / 600
     c, c0 = (torch.nonzero(m).float().mean(0) for m in (lumen, lumen0))
-    assert float((c - c0).abs().max()) < 1.0
+    assert float((c - c0)[:2].abs().max()) < 1.0
+    assert float((c - c0)[2].abs()) < VARIANT_BASE.slice_thickness_mm / PREPROCESS.spacing_mm[2]
     assert abs(int(lumen.sum()) - int(lumen0.sum())) / int(lumen0.sum()) < 0.15
 
 
 FINE_512 = {"matrix": 512, "fov_mm": 384.0, "slice_thickness_mm": 1.25, "slice_spacing_mm": 1.25}  # 0.75 mm pixels
 
 
-def _label_measurement(folder: Path, variant: str | dict) -> float:
-    """The maximum diameter measured across the centreline on the generator's own aorta label of the study
-    exported as ``variant``, after the preprocessing a network input gets (resampling to 1.5 x 1.5 x 3 mm,
-    the body crop): the measuring chain's geometry, without a network's error."""
-    study = render_study(np.random.default_rng(SEED), variant_profile(variant, VARIANT_BASE), "aneurysm", "M")
-    volume = read_study(folder)
-    loaded = preprocess_volume(volume, PREPROCESS, study.ras_mask())
+def _label_measurement(loaded: StudyInput) -> float:
+    """The maximum diameter measured across the centreline on the generator's own aorta label of a study on the
+    network's grid (:func:`_model_grid`): the measuring chain's geometry, without a network's error."""
     m = measure_aorta(loaded.label[0].numpy(), loaded.affine)
     assert m.measurable, m.reason
     return float(m.max_diameter_mm)
 
 
-def test_measurement_agrees_across_resampled_variants(variants, tmp_path):
+def test_measurement_agrees_across_resampled_variants(on_model_grid, tmp_path):
     truth = write_variant(tmp_path / "fine", SEED, FINE_512, kind="aneurysm", sex="M").max_diameter_mm
-    fine = _label_measurement(tmp_path / "fine", FINE_512)
-    measured = {name: _label_measurement(variants[name], name) for name in ("reference", *RESAMPLED_VARIANTS)}
+    fine = _label_measurement(_model_grid(tmp_path / "fine", FINE_512))
+    measured = {name: _label_measurement(on_model_grid(name)) for name in ("reference", *RESAMPLED_VARIANTS)}
     # 0.75 mm / 512 px and 5 mm slices of one patient agree within 2 mm; every export agrees with the others
     # within 2 mm; the fine export with the truth within 1.5 mm, the 2.8 mm-pixel ones (a binary label
     # whose edge voxels are whole) within 3 mm
