@@ -9,6 +9,9 @@ the study's grid. :func:`measure_aorta` turns it into the clinical number:
    than wide, whose area and centroid change smoothly), of near ties the larger; its holes are filled
    slice by slice. A component that cannot be an aorta (crab-like or fragmented sections, an area
    jumping between slices, or short and wider than long in a long scan) is found but not measured;
+   below the aortic bifurcation its axial sections are two pieces (the common iliac arteries): that run,
+   from the component's caudal end up, is cut off, and cuts within 10 mm above it (the crotch, which a
+   centreline turning out of an iliac slices obliquely) do not count for the maximum;
 2. a centreline is drawn through the component's centroid in each axial slice, smoothed along z (a
    Gaussian of 7 mm, with the ends extended linearly so that a tilted vessel keeps its direction) and
    resampled every ``step_mm`` of arc length; it is then moved twice to the centroids of its own
@@ -61,6 +64,10 @@ MAX_JUMP_SHARE = 0.25  # ... over more than this share of the component's length
 MIN_AXIAL_SOLIDITY = 0.6  # median solidity (area / convex-hull area) of its axial sections
 MIN_CUT_SOLIDITY = 0.75  # solidity of the perpendicular cut at the maximum
 SHORT_SHARE = 0.5  # shorter than this share of the abdominal range and wider than long: not an aorta
+# the aortic bifurcation: below it an axial section of the component is two pieces (the common iliac arteries)
+MIN_PIECE_MM2 = 15.0  # a smaller piece of an axial section is not an iliac artery
+BIFURCATION_START_MM = 15.0  # the two-piece run must begin this close to the component's caudal end
+BIFURCATION_MARGIN_MM = 10.0  # cuts this close above the bifurcation (its crotch) are not counted
 _EPS = 1e-6  # voxel coordinates this far outside the grid still count as inside (rounding)
 _RING = np.ones((3, 3), dtype=bool)  # 8-connectivity in the plane
 
@@ -233,6 +240,30 @@ def _component(
     for k in range(comp.shape[2]):
         comp[:, :, k] = ndimage.binary_fill_holes(comp[:, :, k])
     return comp, chosen.box, chosen
+
+
+def _below_bifurcation(comp: np.ndarray, spacing: np.ndarray) -> int:
+    """How many caudal slices of ``comp`` (a component's box) lie below the aortic bifurcation: the run of axial
+    sections of two or more pieces of at least MIN_PIECE_MM2 (the common iliac arteries) that begins within
+    BIFURCATION_START_MM of the component's caudal end and goes on, with gaps of at most one slice, up to the
+    crotch; 0 when there is no such run of at least two slices (the iliacs not segmented, or not in the scan)."""
+    nk = comp.shape[2]
+    min_px = MIN_PIECE_MM2 / float(spacing[0] * spacing[1])
+    start_k = int(np.ceil(BIFURCATION_START_MM / float(spacing[2])))
+
+    def split(k: int) -> bool:
+        labels, n = ndimage.label(comp[:, :, k], structure=_RING)
+        return n >= 2 and int((np.bincount(labels.ravel())[1:] >= min_px).sum()) >= 2
+
+    first = next((k for k in range(min(start_k, nk)) if split(k)), None)
+    if first is None:
+        return 0
+    top, k, count = first, first + 1, 1
+    while k < nk // 2 and k - top <= 2:  # the iliacs lie in the caudal half; a gap of one slice is bridged
+        if split(k):
+            top, count = k, count + 1
+        k += 1
+    return top + 1 if count >= 2 else 0
 
 
 def _implausible_shape(c: _Candidate, z_range_mm: float) -> str:
@@ -602,6 +633,17 @@ def measure_aorta(
     if found is None:
         return _not_found(prob.shape, "no aorta found in the scanned range")
     comp, box, candidate = found
+    levels = valid_z
+    below = _below_bifurcation(comp, spacing)
+    if below:  # the iliac arteries are not aorta: the component is measured from its bifurcation up
+        comp = comp.copy()
+        comp[:, :, :below] = False
+        labels, n = ndimage.label(comp, structure=np.ones((3, 3, 3), dtype=bool))
+        comp = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:])) if n > 1 else comp
+        bifurcation_z = origin[2] + (box[2].start + below - 0.5) * spacing[2]
+        allowed = np.ones(prob.shape[2], dtype=bool) if valid_z is None else valid_z.copy()
+        allowed[origin[2] + np.arange(prob.shape[2]) * spacing[2] <= bifurcation_z + BIFURCATION_MARGIN_MM] = False
+        valid_z = allowed
     mask = np.zeros(prob.shape, dtype=bool)
     mask[box] = comp
     start = np.array([s.start for s in box])
@@ -622,7 +664,7 @@ def measure_aorta(
             mask=mask,
             warnings=(),
         )
-    abdominal = np.nonzero(valid_z)[0] if valid_z is not None and valid_z.any() else np.array([0, prob.shape[2] - 1])
+    abdominal = np.nonzero(levels)[0] if levels is not None and levels.any() else np.array([0, prob.shape[2] - 1])
     problem = _implausible_shape(candidate, float(abdominal[-1] - abdominal[0] + 1) * float(spacing[2]))
     if problem:
         return Measurement(True, False, problem, None, None, centreline, (), mask, ())
