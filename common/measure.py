@@ -11,7 +11,8 @@ the study's grid. :func:`measure_aorta` turns it into the clinical number:
    jumping between slices, or short and wider than long in a long scan) is found but not measured;
    below the aortic bifurcation its axial sections are two pieces (the common iliac arteries): that run,
    from the component's caudal end up, is cut off, and cuts within 10 mm above it (the crotch, which a
-   centreline turning out of an iliac slices obliquely) do not count for the maximum;
+   centreline turning out of an iliac slices obliquely) do not count for the maximum; a section with a piece
+   as wide as an aneurysm ends that run (a sac beside another vessel is never cut off);
 2. a centreline is drawn through the component's centroid in each axial slice, smoothed along z (a
    Gaussian of 7 mm, with the ends extended linearly so that a tilted vessel keeps its direction) and
    resampled every ``step_mm`` of arc length; it is then moved twice to the centroids of its own
@@ -68,6 +69,7 @@ SHORT_SHARE = 0.5  # shorter than this share of the abdominal range and wider th
 MIN_PIECE_MM2 = 15.0  # a smaller piece of an axial section is not an iliac artery
 BIFURCATION_START_MM = 15.0  # the two-piece run must begin this close to the component's caudal end
 BIFURCATION_MARGIN_MM = 10.0  # cuts this close above the bifurcation (its crotch) are not counted
+AAA_PIECE_MM = 30.0  # an axial piece this wide (area-equivalent) is an aneurysm's, never an iliac artery's
 _EPS = 1e-6  # voxel coordinates this far outside the grid still count as inside (rounding)
 _RING = np.ones((3, 3), dtype=bool)  # 8-connectivity in the plane
 
@@ -246,21 +248,36 @@ def _below_bifurcation(comp: np.ndarray, spacing: np.ndarray) -> int:
     """How many caudal slices of ``comp`` (a component's box) lie below the aortic bifurcation: the run of axial
     sections of two or more pieces of at least MIN_PIECE_MM2 (the common iliac arteries) that begins within
     BIFURCATION_START_MM of the component's caudal end and goes on, with gaps of at most one slice, up to the
-    crotch; 0 when there is no such run of at least two slices (the iliacs not segmented, or not in the scan)."""
+    crotch; 0 when there is no such run of at least two slices (the iliacs not segmented, or not in the scan).
+    A section with a piece as wide as an aneurysm (AAA_PIECE_MM across) ends the run below it: a sac lying
+    beside another vessel is never cut off as an iliac artery."""
     nk = comp.shape[2]
-    min_px = MIN_PIECE_MM2 / float(spacing[0] * spacing[1])
+    px_mm2 = float(spacing[0] * spacing[1])
     start_k = int(np.ceil(BIFURCATION_START_MM / float(spacing[2])))
 
-    def split(k: int) -> bool:
+    def pieces(k: int) -> tuple[bool, bool]:
+        """(two or more pieces, a piece as wide as an aneurysm)"""
         labels, n = ndimage.label(comp[:, :, k], structure=_RING)
-        return n >= 2 and int((np.bincount(labels.ravel())[1:] >= min_px).sum()) >= 2
+        areas = np.bincount(labels.ravel())[1:] * px_mm2
+        wide = bool(n) and float(areas.max()) >= np.pi * (AAA_PIECE_MM / 2) ** 2
+        return int((areas >= MIN_PIECE_MM2).sum()) >= 2, wide
 
-    first = next((k for k in range(min(start_k, nk)) if split(k)), None)
+    first = None
+    for k in range(min(start_k, nk)):
+        split, wide = pieces(k)
+        if wide:
+            return 0
+        if split:
+            first = k
+            break
     if first is None:
         return 0
     top, k, count = first, first + 1, 1
     while k < nk // 2 and k - top <= 2:  # the iliacs lie in the caudal half; a gap of one slice is bridged
-        if split(k):
+        split, wide = pieces(k)
+        if wide:
+            break
+        if split:
             top, count = k, count + 1
         k += 1
     return top + 1 if count >= 2 else 0

@@ -379,3 +379,22 @@ def test_report_of_an_implausible_region(tmp_path):
     assert files["section"] == "" and (tmp_path / files["overview"]).read_bytes()[:8] == PNG
     text = write_index(tmp_path, [{"name": "crab", "answer": {}, "files": files, "measurement": m}]).read_text()
     assert "not measurable: the segmented region is implausible for an aorta" in text
+
+
+def test_a_sac_beside_another_vessel_is_never_cut_off_as_an_iliac():
+    """A 50 mm sac at the component's caudal end with a separate 18 mm vein beside it (joined to the aorta
+    higher up, as a leaking segmentation may join the IVC): its axial sections are two pieces from the caudal
+    end up, like the iliacs', but a piece as wide as an aneurysm ends that run below it."""
+    affine, p = grid()
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    r = 11.0 + 14.0 * 0.5 * (1 + np.cos(np.pi * np.clip((z + 55.0) / 35.0, -1, 1)))  # 50 mm at z = -55
+    aorta = np.hypot(x, y) - r
+    vein = np.where(z <= 20.0, np.hypot(x - 40.0, y) - 9.0, np.hypot(np.hypot(x - 40.0, y), z - 20.0) - 9.0)
+    bridge = np.hypot(y, z - 12.0) - 5.0
+    bridge = np.where((x > 0) & (x < 40), bridge, 99.0)
+    prob = soft(np.minimum(aorta, np.minimum(vein, bridge)))
+    levels = affine[2, 3] + np.arange(prob.shape[2]) * affine[2, 2] < 0.0  # the junction's own cuts left out
+    m = measure_aorta(prob, affine, valid_z=levels)
+    assert m.measurable
+    assert abs(m.max_diameter_mm - 50.0) < 1.5, m.max_diameter_mm
+    assert abs(m.max_section.centre_mm[2] + 55.0) < 6.0
