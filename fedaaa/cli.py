@@ -44,6 +44,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_lr_schedule(p: argparse.ArgumentParser, default: float) -> None:
+    p.add_argument(
+        "--final-lr-factor",
+        type=float,
+        default=default,
+        help="the learning rate falls along a half cosine to this share of it in the last round or block "
+        "(1: constant; default %(default)s)",
+    )
+
+
 def _run_settings(args: argparse.Namespace) -> RunSettings:
     from fedaaa.common.config import RunSettings
 
@@ -51,6 +61,7 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         num_server_rounds=args.rounds,
         local_epochs=args.local_epochs,
         learning_rate=args.learning_rate,
+        final_lr_factor=args.final_lr_factor,
         proximal_mu=args.proximal_mu,
         seed=args.seed,
         sim_dp_epsilon=getattr(args, "dp_epsilon", None),
@@ -519,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--learning-rate", type=float, default=d.learning_rate, help=f"AdamW learning rate (default {d.learning_rate})"
     )
+    _add_lr_schedule(p, d.final_lr_factor)
     p.add_argument("--proximal-mu", type=float, default=d.proximal_mu, help="FedProx mu; 0 is FedAvg (default 0)")
     p.add_argument(
         "--dp-epsilon",
@@ -567,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--learning-rate", type=float, default=d.learning_rate, help="AdamW learning rate (default %(default)s)"
     )
+    _add_lr_schedule(p, d.final_lr_factor)
     p.add_argument("--proximal-mu", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=d.seed, help="training seed (default %(default)s)")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda")

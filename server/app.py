@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -383,7 +383,13 @@ class RecordingStrategy(FedAvg):
     """
 
     def __init__(
-        self, *, recorder: FederationRecorder, min_replies: int = 1, norm_ratio: float = 10.0, **kwargs: Any
+        self,
+        *,
+        recorder: FederationRecorder,
+        min_replies: int = 1,
+        norm_ratio: float = 10.0,
+        learning_rate: Callable[[int], float] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             train_metrics_aggr_fn=lambda records, key: MetricRecord(dict(train_figures(records, key))),
@@ -393,13 +399,17 @@ class RecordingStrategy(FedAvg):
         self.recorder = recorder
         self.min_replies = min_replies
         self.norm_ratio = norm_ratio
+        self.learning_rate = learning_rate  # each round's rate (the run's schedule); None: the config's, unchanged
         self.round_offset = 0
         self._global: dict[str, torch.Tensor] | None = None  # the weights sent out this round
         self._accepted_norms: list[float] = []  # the last round's accepted changes (a reference for the next)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Any:
         self._global = arrays.to_torch_state_dict()
-        return super().configure_train(server_round + self.round_offset, arrays, config, grid)
+        server_round += self.round_offset
+        if self.learning_rate is not None:
+            config = ConfigRecord(dict(config) | {"learning-rate": self.learning_rate(server_round)})
+        return super().configure_train(server_round, arrays, config, grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Any:
         return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
@@ -564,6 +574,7 @@ def make_strategy(settings: RunSettings, recorder: FederationRecorder) -> Record
         recorder=recorder,
         min_replies=settings.min_nodes,
         norm_ratio=settings.update_norm_ratio,
+        learning_rate=settings.round_learning_rate,
         fraction_train=settings.fraction_train,
         fraction_evaluate=settings.fraction_evaluate,
         min_train_nodes=settings.min_nodes,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,8 @@ def train_centralised(
     rounds = settings.num_server_rounds
     start = time.monotonic()
     for k in range(1, rounds + 1):
-        stats = train_local(model, train, settings.train_settings(k), device)
+        block = replace(settings.train_settings(k), learning_rate=settings.round_learning_rate(k))  # as a federation
+        stats = train_local(model, train, block, device)
         recorder.record(
             k,
             "train",

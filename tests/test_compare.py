@@ -109,3 +109,22 @@ def test_pretraining_on_public_studies_gives_every_arm_its_start(tiny_federation
     history = json.loads((model.parent / "history.json").read_text())
     n_train = sum(len(Site(s).masked(Site(s).split("train"))) for s in public)
     assert history["rounds"][-1]["train_examples"] == n_train  # trained on the public studies only
+
+
+def test_pooled_training_follows_the_federations_learning_rate_schedule(
+    tiny_federation, cache_dir, tmp_path, monkeypatch
+):
+    """Each block of pooled (or local-only) training gets the rate a federation's round of the same number
+    gets, so the baselines compare like with like."""
+    from fedaaa.simulations import baselines
+
+    rates = []
+
+    def record(model, data, settings, device, workers=None):
+        rates.append(settings.learning_rate)
+        return {"train-loss": 1.0, "num-examples": len(data.masked)}
+
+    monkeypatch.setattr(baselines, "train_local", record)
+    settings = RunSettings(num_server_rounds=3, learning_rate=1e-3, final_lr_factor=0.2, device="cpu")
+    baselines.train_centralised(tiny_federation, tmp_path / "pooled", settings, InputCache(PREPROCESS, cache_dir))
+    assert rates == pytest.approx([1e-3, 0.6e-3, 0.2e-3])

@@ -282,9 +282,13 @@ def _hospitals(msg: Message) -> Message | None:
     return _reply(node, stage, server_round)
 
 
+def _train_configs(grid: _Grid) -> list[ConfigRecord]:
+    return [m.content["config"] for m in grid.sent if m.metadata.message_type == "train"]
+
+
 @pytest.mark.parametrize("mu", [0.0, 0.05])
 def test_flower_start_loop_writes_the_same_history_and_final_model(tmp_path, mu):
-    recorder = _recorder(tmp_path, proximal_mu=mu)
+    recorder = _recorder(tmp_path, proximal_mu=mu, final_lr_factor=0.1)
     strategy = server.make_strategy(recorder.settings, recorder)
     assert type(strategy) is (server.RecordingFedProx if mu else server.RecordingStrategy)
     assert isinstance(strategy, FedProx if mu else FedAvg)
@@ -301,6 +305,8 @@ def test_flower_start_loop_writes_the_same_history_and_final_model(tmp_path, mu)
     _assert_entry(rounds[2], _expected(2))
     train_config = next(m for m in grid.sent if m.metadata.message_type == "train").content["config"]
     assert set(ROUND_KEYS) <= set(train_config) and train_config["proximal-mu"] == mu
+    rates = {int(c["server-round"]): c["learning-rate"] for c in _train_configs(grid)}
+    assert rates == pytest.approx({1: 2e-3, 2: 2e-4})  # the schedule's first and last rounds' rates
 
     path = recorder.finish(result.arrays, 2)
     state, meta = read_model_file(path)
@@ -350,6 +356,19 @@ def test_round_keys_and_run_defaults_come_from_train_settings():
     assert all(getattr(run, f) == getattr(defaults, f) for f in TrainSettings.__dataclass_fields__)
     assert RunSettings(seed=5, batch_size=2).train_settings(3) == TrainSettings(seed=8, batch_size=2)
     assert set(run.round_config()) == set(ROUND_KEYS)
+
+
+def test_the_learning_rate_falls_along_a_half_cosine_over_the_rounds():
+    run = RunSettings(num_server_rounds=5, learning_rate=1e-3, final_lr_factor=0.1)
+    rates = [run.round_learning_rate(k) for k in range(1, 7)]
+    assert rates[0] == pytest.approx(1e-3) and rates[4] == pytest.approx(1e-4) and rates[5] == pytest.approx(1e-4)
+    assert rates[2] == pytest.approx(0.55e-3)  # half-way: the mean of the two
+    assert all(a > b for a, b in zip(rates[:4], rates[1:5]))
+    assert {RunSettings(num_server_rounds=5).round_learning_rate(k) for k in (1, 3, 5)} == {2e-3}  # constant
+    assert RunSettings(num_server_rounds=1).round_learning_rate(1) == 2e-3
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="final-lr-factor"):
+            RunSettings(final_lr_factor=bad).validate()
 
 
 @pytest.mark.slow
@@ -478,7 +497,7 @@ def test_robust_aggregation_is_selectable(tmp_path, name, cls, expected):
 def test_a_restarted_coordinator_resumes_from_its_last_checkpoint(tmp_path):
     """Round 1 of 2 runs, the coordinator stops; a new one on the same folder runs round 2 only, numbered 2,
     and the history, checkpoints and final model are those of an uninterrupted run."""
-    recorder = _recorder(tmp_path, num_server_rounds=2)
+    recorder = _recorder(tmp_path, num_server_rounds=2, final_lr_factor=0.1)
     strategy = server.make_strategy(recorder.settings, recorder)
     strategy.start(
         grid=_Grid(_hospitals),
@@ -490,7 +509,7 @@ def test_a_restarted_coordinator_resumes_from_its_last_checkpoint(tmp_path):
     before = json.loads((tmp_path / "history.json").read_text())["rounds"]
     assert [e["round"] for e in before] == [0, 1]
 
-    again = _recorder(tmp_path, num_server_rounds=2)
+    again = _recorder(tmp_path, num_server_rounds=2, final_lr_factor=0.1)
     done, weights = again.resume()
     assert done == 1
     for name, tensor in weights.items():
@@ -506,6 +525,8 @@ def test_a_restarted_coordinator_resumes_from_its_last_checkpoint(tmp_path):
         evaluate_fn=strategy.end_of_round,
     )
     assert {int(m.content["config"]["server-round"]) for m in grid.sent} == {2}  # hospitals are told round 2
+    rates = [c["learning-rate"] for c in _train_configs(grid)]
+    assert len(rates) == len(NODES) and rates == pytest.approx([2e-4] * len(NODES))  # and round 2's rate
     rounds = json.loads((tmp_path / "history.json").read_text())["rounds"]
     assert [e["round"] for e in rounds] == [0, 1, 2]
     assert rounds[1] == before[1]  # round 1 as it was written before the restart
