@@ -380,6 +380,8 @@ class RecordingStrategy(FedAvg):
     model far beyond the round's others (``update-norm-ratio``) or larger than the model itself is
     rejected with a logged reason, and the rest are aggregated. A round with fewer answering hospitals
     than ``min-nodes`` keeps the model. ``round_offset`` numbers the rounds of a resumed run.
+    ``learning_rate`` (round -> rate, the run's schedule) sets each round's ``learning-rate`` in what the
+    hospitals receive.
     """
 
     def __init__(
