@@ -390,7 +390,7 @@ class RecordingStrategy(FedAvg):
         recorder: FederationRecorder,
         min_replies: int = 1,
         norm_ratio: float = 10.0,
-        learning_rate: Callable[[int], float] | None = None,
+        learning_rate: Callable[[int], float],
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -401,7 +401,7 @@ class RecordingStrategy(FedAvg):
         self.recorder = recorder
         self.min_replies = min_replies
         self.norm_ratio = norm_ratio
-        self.learning_rate = learning_rate  # each round's rate (the run's schedule); None: the config's, unchanged
+        self.learning_rate = learning_rate  # each round's rate (the run's schedule)
         self.round_offset = 0
         self._global: dict[str, torch.Tensor] | None = None  # the weights sent out this round
         self._accepted_norms: list[float] = []  # the last round's accepted changes (a reference for the next)
@@ -409,8 +409,7 @@ class RecordingStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Any:
         self._global = arrays.to_torch_state_dict()
         server_round += self.round_offset
-        if self.learning_rate is not None:
-            config = ConfigRecord(dict(config) | {"learning-rate": self.learning_rate(server_round)})
+        config = ConfigRecord(dict(config) | {"learning-rate": self.learning_rate(server_round)})
         return super().configure_train(server_round, arrays, config, grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Any:
