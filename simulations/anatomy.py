@@ -418,7 +418,12 @@ def _draw_body(rng: np.random.Generator, male: bool) -> Body:
     fat = float(np.clip(10 + (a - 140) * 0.5 + rng.normal(0, 4), 10, 30))
     muscle = rng.uniform(8, 12)
     vr, vc = rng.uniform(18, 22), b - rng.uniform(45, 55)
-    shell = rng.uniform(2, 3)
+    # GENERATOR_VERSION 8: the vertebral body of the screened population, young to osteoporotic. Its cortical shell
+    # is well under a millimetre (drawn 0.6-2.5 mm: partial volume widens it on a scan), and the trabecular bone
+    # reads 70-280 HU with the patient's marrow_shift (at L1, 110 HU or less is osteoporosis in most older adults
+    # and 160 HU or less in almost all of them; Pickhardt et al., Ann Intern Med 2013). Before, a 2-3 mm shell and
+    # 160-280 HU drew a bright ring round dense bone that no elderly spine shows
+    shell = rng.uniform(0.6, 2.5)
     return Body(
         half_width=a,
         half_depth=b,
@@ -427,7 +432,7 @@ def _draw_body(rng: np.random.Generator, male: bool) -> Body:
         vertebra_radius=vr,
         vertebra_y=vc,
         cortex_mm=shell,
-        marrow_hu=rng.uniform(200, 250),
+        marrow_hu=rng.uniform(110, 250),
     )
 
 
@@ -606,7 +611,7 @@ def _draw_pelvis(rng: np.random.Generator, body: Body, bifurcation_h: float) -> 
         sacrum_mm=rng.uniform(8, 12),
         cortex_mm=rng.uniform(1.2, 2.0),
         cortex_hu=rng.uniform(700, 1000),
-        marrow_hu=body.marrow_hu + rng.uniform(-80, 20),
+        marrow_hu=rng.uniform(120, 270),  # the pelvis's own (its range before GENERATOR_VERSION 8)
         head_radius=head_r,
         head_xy=(float(head[0]), float(head[1])),
         shift_mm=rng.uniform(-6, 6),

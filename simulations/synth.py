@@ -148,7 +148,8 @@ __all__ = [
 # 5: the diaphragmatic crura wrapped round the upper aorta (no fat plane there)
 # 6: a quarter of each hospital's studies in its other contrast protocol; aneurysms drawn larger (30-82 mm, mean 53)
 # 7: sacs also grow backward beside the vertebral body (Aorta.sink), not only forward; intervertebral discs
-GENERATOR_VERSION = 7
+# 8: vertebral bodies of older patients: a thin cortical shell and trabecular bone of 70-280 HU (osteoporotic to young)
+GENERATOR_VERSION = 8
 # ``mask`` before the optional ``split,sex`` keeps rows ending in "<split>,<sex>" (tests/test_federation.py
 # counts training rows by that ending); readers go by column name.
 MANIFEST_COLUMNS = ("study_id", "path", "aaa", "max_diameter_mm", "mask", "split", "sex")

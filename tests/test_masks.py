@@ -18,8 +18,9 @@ from fedaaa.common.site import Site
 from fedaaa.simulations.synth import MANIFEST_COLUMNS, ScannerProfile, SiteSpec, write_site
 
 # The DICOM pixel data of these sites, digested when the labels were added: writing the labels must not change one
-# pixel nor one random draw. Digests of GENERATOR_VERSION 7, whose images changed on purpose (sacs beside the
-# vertebra, intervertebral discs; their draws shift the noise); version 6's were eab136c7... and 62beb8cd... (a
+# pixel nor one random draw. Digests of GENERATOR_VERSION 8, whose images changed on purpose (older patients'
+# vertebral bodies: a thinner cortical shell, 70-280 HU trabecular bone); version 7's were 58115a0f... and 140c3ade...
+# (sacs beside the vertebra, intervertebral discs; their draws shift the noise); version 6's were eab136c7... and 62beb8cd... (a
 # quarter of each hospital's studies in its other contrast protocol; larger aneurysms); version 5's were 664f20fd... and c4248d9b...
 # (diaphragmatic crura around the upper aorta; their draws shift the noise); version 4's were 9a7282db... and 0b77748e... (unlabelled
 # pelvis, bladder, liver, spleen and lung bases); version 3's were 84c35639... and
@@ -28,7 +29,7 @@ from fedaaa.simulations.synth import MANIFEST_COLUMNS, ScannerProfile, SiteSpec,
 PINNED = {
     "hospital-d": (
         SiteSpec("hospital-d", 4, 0.5, ScannerProfile(name="d", matrix=48, slice_thickness_mm=10.0, noise_hu=10.0), 7),
-        "58115a0f0647d31b2ec9772c9cc6072cafae8162a1fd1c43dd16bab95556e318",
+        "8c53c9a4b539a058d28f923d3a6c328aaf96ef79ba439213540ea09b65c266fd",
     ),
     "hospital-e": (
         SiteSpec(
@@ -48,7 +49,7 @@ PINNED = {
             ),
             8,
         ),
-        "140c3ade48db1560d7453faeec29605416abd93b84cb7df3f37619d408e8283b",
+        "7b31135cb518e89af4505de0beb9bcc2052aafb6f69cfa351e5eb8615d541616",
     ),
 }
 # straight aorta, 2.25 mm pixels: fine enough to measure the label's diameter

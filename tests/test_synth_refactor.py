@@ -39,12 +39,14 @@ PROFILE = ScannerProfile(matrix=48, slice_thickness_mm=5.0)
 # aneurysms' maximum (47.5 and 36.1 mm in version 5) and so their mean HU (-528.91, -600.17) changed.
 # GENERATOR_VERSION 7 (sacs sinking beside the vertebra, intervertebral discs) drew them last: only the mean HU
 # (-649.86, -544.96, -528.82, -600.18 in version 6) and the next draw (385507764, 276992238, 572132336, 41250605)
+# changed. GENERATOR_VERSION 8 (older patients' vertebral bodies: a thinner cortical shell, 70-280 HU trabecular bone)
+# drew the same single values from other ranges: only the mean HU (-650.41, -545.26, -529.32, -600.51 in version 7)
 # changed.
 PINNED = [
-    ((0, "normal", "F", 0.0), (59, 18.4, -0.5, 43, -650.41, 105203381)),
-    ((1, "ectatic", "M", 0.0), (71, 26.4, -162.0, 57, -545.26, 516491248)),
-    ((2, "aneurysm", "M", 0.5), (73, 52.0, -182.0, 51, -529.32, 98114158)),
-    ((3, "aneurysm", "F", 0.0), (86, 35.5, -199.0, 61, -600.51, 886243712)),
+    ((0, "normal", "F", 0.0), (59, 18.4, -0.5, 43, -650.87, 105203381)),
+    ((1, "ectatic", "M", 0.0), (71, 26.4, -162.0, 57, -545.78, 516491248)),
+    ((2, "aneurysm", "M", 0.5), (73, 52.0, -182.0, 51, -530.13, 98114158)),
+    ((3, "aneurysm", "F", 0.0), (86, 35.5, -199.0, 61, -600.91, 886243712)),
 ]
 
 
