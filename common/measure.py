@@ -18,9 +18,10 @@ the study's grid. :func:`measure_aorta` turns it into the clinical number:
    resampled every ``step_mm`` of arc length; it is then moved twice to the centroids of its own
    perpendicular cuts (1 mm pixels) and smoothed again, since an axial slice's centroid leaves the axis
    where a tilted vessel widens or narrows (a 35-degree fusiform aneurysm: tangent error 24 -> 6 degrees).
-   A sac about as wide as it is long can lead those passes astray (each tilts the cuts further); the cuts
-   along both centrelines are measured and the set whose largest counted cut is smaller is kept, since a cut
-   leaning off the perpendicular is longer across a tube, never shorter;
+   A sac about as wide as it is long can lead those passes astray (each tilts the cuts further). When the
+   refined maximum exceeds that of the cuts along the axial centroids (read on the first pass's planes) by
+   more than :data:`ASTRAY_MM`, those cuts are measured as well and the set whose largest counted cut is
+   smaller is kept, since a cut leaning off the perpendicular is longer across a tube, never shorter;
 3. at each centreline point the probability map of the component (with its partial-volume edge) is
    sampled on a plane perpendicular to the tangent (0.5 mm pixels, a window sized to the vessel, up to
    +-75 mm); the ``level`` iso-contour of the region that contains the centreline (or is nearest to it)
@@ -56,12 +57,13 @@ MAX_PLAUSIBLE_MM = 130.0  # a larger maximum cross-section is a failed segmentat
 MIN_PLAUSIBLE_MM = 8.0  # a thinner one is not an adult aorta
 PIXEL_MM = 0.5  # pixel of the perpendicular planes
 CONTOUR_HARMONICS = 6  # Fourier harmonics kept of each closed contour line (arc-length parametrised)
-CONTOUR_POINTS = 256  # points a closed contour line is resampled to before its low-pass
+CONTOUR_POINTS = 128  # points a closed contour line is resampled to before its low-pass
 MAX_HALF_WIDTH_MM = 75.0  # widest plane: room for a 120 mm aneurysm off-centre
 MIN_HALF_WIDTH_MM = 10.0
 SMOOTH_SIGMA_MM = 7.0  # centreline smoothing along z
 REFINE_PASSES = 2  # centreline moved to the centroids of its perpendicular cuts, this many times
 REFINE_PIXEL_MM = 1.0  # pixel of the planes of those passes
+ASTRAY_MM = 2.0  # refined maximum larger than the axial centroids' cuts' by more: the refinement went astray
 EDGE_MM = 5.0  # a maximum this close to the first or last slice may continue outside the scan
 MAX_STEP_MM = 2.0
 # choosing the component (the most aorta-like, not the largest) and refusing implausible ones
@@ -608,17 +610,21 @@ class _Planes:
 
 
 def _refine(
-    planes: _Planes, points: np.ndarray, tangents: np.ndarray, reach: np.ndarray, step: float
-) -> tuple[np.ndarray, np.ndarray]:
+    planes: _Planes, points: np.ndarray, tangents: np.ndarray, reach: np.ndarray, step: float, measure: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The centreline moved to the centroids of its perpendicular cuts (where whole), then smoothed (the
-    centroid of an axial slice is pulled off the axis where a tilted vessel widens or narrows); and how far
-    each cut's region reached from the new centre (NaN where unknown)."""
+    centroid of an axial slice is pulled off the axis where a tilted vessel widens or narrows); how far
+    each cut's region reached from the new centre (NaN where unknown); and, with ``measure``, each cut's
+    diameter on these coarser planes (NaN where unknown)."""
     moved = points.copy()
     reach_out = np.full(len(points), np.nan)
+    diameters = np.full(len(points), np.nan)
     for i, (centre, normal) in enumerate(zip(points, tangents)):
         r = planes.region(centre, normal, REFINE_PIXEL_MM, reach[i])
         if isinstance(r, str):
             continue
+        if measure and (result := _cut(r, centre, planes.level)) is not None:
+            diameters[i] = result[0]
         vv, uu = np.nonzero(r.region)
         cu, cv = r.t[uu].mean(), r.t[vv].mean()
         moved[i] = centre + cu * r.e1 + cv * r.e2
@@ -628,7 +634,17 @@ def _refine(
         pad = int(np.ceil(4 * sigma)) + 1
         ext = _extend_linearly(moved, pad, int(round(2 * sigma)) + 1)
         moved = ndimage.gaussian_filter1d(ext, sigma, axis=0, mode="nearest")[pad : pad + len(moved)]
-    return moved, reach_out
+    return moved, reach_out, diameters
+
+
+def _counted(
+    points: np.ndarray, valid_z: np.ndarray | None, origin: np.ndarray, spacing: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Whether each centreline point lies in a slice that ``valid_z`` allows (all when None)."""
+    if valid_z is None:
+        return np.ones(len(points), dtype=bool)
+    k = np.clip(np.rint((points[:, 2] - origin[2]) / spacing[2]).astype(int), 0, shape[2] - 1)
+    return np.asarray(valid_z, dtype=bool)[k]
 
 
 @dataclass
@@ -658,9 +674,9 @@ def _cut_along(
     sections: list[Section] = []
     reaches: list[float] = []
     missed = counted_total = 0
-    for i, (centre, normal) in enumerate(zip(centreline, tangents)):
-        k = int(np.clip(np.rint((centre[2] - origin[2]) / spacing[2]), 0, shape[2] - 1))
-        counted = bool(valid_z[k]) if valid_z is not None else True
+    for i, (centre, normal, counted) in enumerate(
+        zip(centreline, tangents, _counted(centreline, valid_z, origin, spacing, shape).tolist())
+    ):
         counted_total += counted
         r = planes.region(centre, normal, PIXEL_MM, reach[i])
         result = None if isinstance(r, str) else _cut(r, centre, level)
@@ -761,18 +777,25 @@ def measure_aorta(
 
     field, lo = _component_box(prob, mask, level)
     planes = _Planes(_Sampler(field, lo, prob.shape, spacing, origin), origin[2] + ks * spacing[2], radius, level)
-    # the cuts along the axial centroids' centreline and along the refined one: the set whose largest counted cut
-    # is smaller is kept (a cut leaning off the perpendicular is longer, never shorter, across a tube; where a
-    # wide, short sac leads the refinement astray, its cuts lean further with each pass)
+    # the refinement gone astray: where a wide, short sac leads it, each pass tilts the cuts further and the
+    # largest grows (a cut leaning off the perpendicular is longer across a tube, never shorter); when the
+    # refined maximum exceeds that of the cuts along the axial centroids (measured on the first pass's
+    # coarser planes) by more than ASTRAY_MM, those cuts are measured too and the smaller maximum kept
     reach = np.full(len(centreline), np.nan)
-    first = _cut_along(planes, centreline, tangents, reach, valid_z, origin, spacing, prob.shape, level)
-    for _ in range(REFINE_PASSES):
-        moved, reach = _refine(planes, centreline, tangents, reach, step_mm)
+    axial_line, axial_tangents, first_max = centreline, tangents, -np.inf
+    for p in range(REFINE_PASSES):
+        moved, reach, diameters = _refine(planes, centreline, tangents, reach, step_mm, measure=p == 0)
+        if p == 0:
+            counted_first = diameters[_counted(centreline, valid_z, origin, spacing, prob.shape)]
+            first_max = float(np.nanmax(counted_first)) if np.isfinite(counted_first).any() else -np.inf
         centreline, tangents, length = _resample(moved, step_mm)
         reach = _carry(reach, len(centreline))
     refined = _cut_along(planes, centreline, tangents, reach, valid_z, origin, spacing, prob.shape, level)
-    if REFINE_PASSES and first.largest < refined.largest:
-        refined = first
+    if first_max < refined.largest - ASTRAY_MM:
+        unrefined = np.full(len(axial_line), np.nan)
+        axial = _cut_along(planes, axial_line, axial_tangents, unrefined, valid_z, origin, spacing, prob.shape, level)
+        if axial.largest < refined.largest:
+            refined = axial
     sections, reaches, missed, counted_total = refined.sections, refined.reaches, refined.missed, refined.counted
     centreline = refined.centreline
 
