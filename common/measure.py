@@ -791,7 +791,7 @@ def measure_aorta(
         centreline, tangents, length = _resample(moved, step_mm)
         reach = _carry(reach, len(centreline))
     refined = _cut_along(planes, centreline, tangents, reach, valid_z, origin, spacing, prob.shape, level)
-    if first_max < refined.largest - ASTRAY_MM:
+    if REFINE_PASSES and first_max < refined.largest - ASTRAY_MM:
         unrefined = np.full(len(axial_line), np.nan)
         axial = _cut_along(planes, axial_line, axial_tangents, unrefined, valid_z, origin, spacing, prob.shape, level)
         if axial.largest < refined.largest:
