@@ -637,14 +637,12 @@ def _refine(
     return moved, reach_out, diameters
 
 
-def _counted(
-    points: np.ndarray, valid_z: np.ndarray | None, origin: np.ndarray, spacing: np.ndarray, shape: tuple[int, ...]
-) -> np.ndarray:
+def _counted(points: np.ndarray, valid_z: np.ndarray | None, sampler: _Sampler) -> np.ndarray:
     """Whether each centreline point lies in a slice that ``valid_z`` allows (all when None)."""
     if valid_z is None:
         return np.ones(len(points), dtype=bool)
-    k = np.clip(np.rint((points[:, 2] - origin[2]) / spacing[2]).astype(int), 0, shape[2] - 1)
-    return np.asarray(valid_z, dtype=bool)[k]
+    k = np.rint((points[:, 2] - sampler.origin[2]) / sampler.spacing[2]).astype(int)
+    return np.asarray(valid_z, dtype=bool)[np.clip(k, 0, int(sampler.grid_hi[2]))]
 
 
 @dataclass
@@ -660,26 +658,18 @@ class _Cuts:
 
 
 def _cut_along(
-    planes: _Planes,
-    centreline: np.ndarray,
-    tangents: np.ndarray,
-    reach: np.ndarray,
-    valid_z: np.ndarray | None,
-    origin: np.ndarray,
-    spacing: np.ndarray,
-    shape: tuple[int, ...],
-    level: float,
+    planes: _Planes, centreline: np.ndarray, tangents: np.ndarray, reach: np.ndarray, valid_z: np.ndarray | None
 ) -> _Cuts:
     """Every cut perpendicular to ``centreline`` (PIXEL_MM pixels), whether its level counts for the maximum."""
     sections: list[Section] = []
     reaches: list[float] = []
     missed = counted_total = 0
     for i, (centre, normal, counted) in enumerate(
-        zip(centreline, tangents, _counted(centreline, valid_z, origin, spacing, shape).tolist())
+        zip(centreline, tangents, _counted(centreline, valid_z, planes.sampler).tolist())
     ):
         counted_total += counted
         r = planes.region(centre, normal, PIXEL_MM, reach[i])
-        result = None if isinstance(r, str) else _cut(r, centre, level)
+        result = None if isinstance(r, str) else _cut(r, centre, planes.level)
         if result is None:
             missed += counted
             continue
@@ -786,14 +776,13 @@ def measure_aorta(
     for p in range(REFINE_PASSES):
         moved, reach, diameters = _refine(planes, centreline, tangents, reach, step_mm, measure=p == 0)
         if p == 0:
-            counted_first = diameters[_counted(centreline, valid_z, origin, spacing, prob.shape)]
+            counted_first = diameters[_counted(centreline, valid_z, planes.sampler)]
             first_max = float(np.nanmax(counted_first)) if np.isfinite(counted_first).any() else -np.inf
         centreline, tangents, length = _resample(moved, step_mm)
         reach = _carry(reach, len(centreline))
-    refined = _cut_along(planes, centreline, tangents, reach, valid_z, origin, spacing, prob.shape, level)
+    refined = _cut_along(planes, centreline, tangents, reach, valid_z)
     if REFINE_PASSES and first_max < refined.largest - ASTRAY_MM:
-        unrefined = np.full(len(axial_line), np.nan)
-        axial = _cut_along(planes, axial_line, axial_tangents, unrefined, valid_z, origin, spacing, prob.shape, level)
+        axial = _cut_along(planes, axial_line, axial_tangents, np.full(len(axial_line), np.nan), valid_z)
         if axial.largest < refined.largest:
             refined = axial
     sections, reaches, missed, counted_total = refined.sections, refined.reaches, refined.missed, refined.counted
