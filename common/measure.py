@@ -58,6 +58,7 @@ MIN_PLAUSIBLE_MM = 8.0  # a thinner one is not an adult aorta
 PIXEL_MM = 0.5  # pixel of the perpendicular planes
 CONTOUR_HARMONICS = 6  # Fourier harmonics kept of each closed contour line (arc-length parametrised)
 CONTOUR_POINTS = 128  # points a closed contour line is resampled to before its low-pass
+FERET_ALL_PAIRS = 1024  # up to this many contour points, every pair is compared (no convex hull first)
 MAX_HALF_WIDTH_MM = 75.0  # widest plane: room for a 120 mm aneurysm off-centre
 MIN_HALF_WIDTH_MM = 10.0
 SMOOTH_SIGMA_MM = 7.0  # centreline smoothing along z
@@ -464,7 +465,7 @@ def _smooth_contour(line: np.ndarray) -> np.ndarray:
     """A closed contour line (n, 2) resampled by arc length and low-passed (its first :data:`CONTOUR_HARMONICS`
     Fourier harmonics kept): the pixel staircase of a hard-edged map goes, an ellipse or a sac's outline stays.
     An open or very short line is returned as it is."""
-    if len(line) < 8 or not np.allclose(line[0], line[-1]):
+    if len(line) < 8 or np.any(np.abs(line[0] - line[-1]) > 1e-8 + 1e-5 * np.abs(line[-1])):  # np.allclose's test
         return line
     seg = np.hypot(*np.diff(line, axis=0).T)
     s = np.concatenate([[0.0], np.cumsum(seg)])
@@ -480,17 +481,19 @@ def _smooth_contour(line: np.ndarray) -> np.ndarray:
 def _feret(points: np.ndarray) -> tuple[float, int, int]:
     """Largest distance between two of ``points`` (n, 2): the maximum Feret diameter, and the two points."""
     idx = np.arange(len(points))
-    if len(points) > 3:
+    if len(points) > FERET_ALL_PAIRS:  # many points: only the convex hull's can be the farthest pair
         try:
             idx = ConvexHull(points).vertices
         except QhullError:  # degenerate (collinear): every point is a candidate
             pass
     if len(idx) < 2:
         return 0.0, int(idx[0]), int(idx[0])
-    dist = pdist(points[idx])
+    dist = pdist(points[idx])  # pairs (0, 1), (0, 2), ... (0, n-1), (1, 2), ...
     best = int(np.argmax(dist))
-    a, b = np.triu_indices(len(idx), k=1)  # pdist's order
-    return float(dist[best]), int(idx[a[best]]), int(idx[b[best]])
+    row_ends = np.cumsum(np.arange(len(idx) - 1, 0, -1))  # where each first point's pairs end
+    a = int(np.searchsorted(row_ends, best, side="right"))
+    b = best - (int(row_ends[a - 1]) if a else 0) + a + 1
+    return float(dist[best]), int(idx[a]), int(idx[b])
 
 
 def _grow(region: np.ndarray) -> np.ndarray:
@@ -578,8 +581,12 @@ def _cut(r: _Region, centre: np.ndarray, level: float) -> tuple[float, np.ndarra
     (2, 3)."""
     import contourpy
 
-    field = np.where(_grow(r.region), r.values, 0.0)  # inner contours (holes) lie inside the hull: harmless
-    lines = contourpy.contour_generator(r.t, r.t, field, line_type=contourpy.LineType.Separate).lines(level)
+    grown = _grow(r.region)
+    vv, uu = np.nonzero(grown)  # the contour is traced on the grown region's box and its ring of zeros
+    v = slice(max(int(vv.min()) - 1, 0), int(vv.max()) + 2)
+    u = slice(max(int(uu.min()) - 1, 0), int(uu.max()) + 2)
+    field = np.where(grown[v, u], r.values[v, u], 0.0)  # inner contours (holes) lie inside the hull: harmless
+    lines = contourpy.contour_generator(r.t[u], r.t[v], field, line_type=contourpy.LineType.Separate).lines(level)
     lines = [_smooth_contour(ln) for ln in lines if len(ln)]
     pts = np.concatenate(lines, axis=0) if lines else np.zeros((0, 2))
     if len(pts) < 2:

@@ -320,6 +320,19 @@ def test_arguments_are_checked():
         measure_aorta(prob[0], affine)
 
 
+@pytest.mark.parametrize("n", [2, 3, 7, 128, 600, 1500])  # 1500: past FERET_ALL_PAIRS, the convex hull first
+def test_the_caliper_spans_the_farthest_pair(n):
+    from fedaaa.common.measure import FERET_ALL_PAIRS, _feret
+
+    assert n < 1024 or n > FERET_ALL_PAIRS
+    rng = np.random.default_rng(n)
+    for points in (rng.normal(size=(n, 2)) * (30.0, 12.0), np.linspace([0.0, 0.0], [40.0, 30.0], n)):  # collinear
+        diameter, a, b = _feret(points)
+        pairs = np.hypot(*(points[:, None, :] - points[None, :, :]).transpose(2, 0, 1))
+        assert diameter == pytest.approx(pairs.max(), abs=1e-9)
+        assert a != b and np.hypot(*(points[a] - points[b])) == pytest.approx(diameter, abs=1e-9)
+
+
 def test_speed_on_a_typical_map():
     prob, affine = revolution(fusiform, tilt_deg=20.0, shape=(128, 128, 100))
     start = time.perf_counter()
