@@ -43,8 +43,13 @@ def measure_input(
 ) -> tuple[np.ndarray, Measurement]:
     """The probability map of one input and the measurement of the aorta it shows (abdominal levels only)."""
     prob = aorta_probability(model, image, device)
-    levels = abdominal_levels(image[0].numpy())
+    return prob, measure_levels(prob, affine, abdominal_levels(image[0].numpy()))
+
+
+def measure_levels(prob: np.ndarray, affine: np.ndarray, levels: np.ndarray) -> Measurement:
+    """The measurement of the aorta in a probability map at the input's abdominal ``levels`` (none: not
+    measurable, the abdomen is not in the scanned range)."""
     m = measure_aorta(prob, affine, valid_z=levels)
     if not levels.any():
         m = replace(m, measurable=False, max_diameter_mm=None, max_section=None, reason=NO_ABDOMEN)
-    return prob, m
+    return m

@@ -26,7 +26,15 @@ from fedaaa.common.preprocess import PreprocessSettings, load_study_input, prepr
 from fedaaa.common.segment import NO_ABDOMEN, abdominal_levels, aorta_probability, measure_input
 from fedaaa.common.settings import ArchSettings
 from fedaaa.common.site import Site, StudySet
-from fedaaa.common.training import TrainSettings, _batches, evaluate_local, loader_workers, train_local
+from fedaaa.common.training import (
+    TrainSettings,
+    _batches,
+    evaluate_local,
+    loader_workers,
+    measure_maps,
+    predict_set,
+    train_local,
+)
 
 SETTINGS = PreprocessSettings()
 
@@ -150,6 +158,24 @@ def test_loader_workers_make_the_same_patches_as_the_training_process(tiny_feder
     monkeypatch.setenv("FEDAAA_LOADER_WORKERS", "many")
     with pytest.raises(ConfigError, match="FEDAAA_LOADER_WORKERS"):
         loader_workers(torch.device("cpu"))
+
+
+def test_loader_workers_measure_as_the_evaluating_process(tiny_federation, cache_dir):
+    """Beside a GPU, loader processes measure the validation maps; every figure must be the one a CPU run gives."""
+    site = Site(tiny_federation[0])
+    data = site.load("train", SETTINGS, InputCache(SETTINGS, cache_dir)).data
+    affine = np.diag([*data.spacing_mm, 1.0])
+    labels = [(label[0].numpy(), abdominal_levels(image[0].numpy())) for image, label in zip(data.images, data.labels)]
+    alone, helped = measure_maps(labels, affine), measure_maps(labels, affine, workers=2)
+    assert len(alone) == len(data.images) >= 5 and all(found for _, found in alone)
+    assert np.all(np.isfinite([d for d, _ in alone])) and len({round(d, 3) for d, _ in alone}) > 1  # real diameters
+    assert alone == helped
+    data = site.load("val", SETTINGS, InputCache(SETTINGS, cache_dir)).data
+    torch.manual_seed(0)
+    model = AortaNet()
+    rows = predict_set(model, data, torch.device("cpu"), workers=0)
+    assert repr(predict_set(model, data, torch.device("cpu"), workers=1)) == repr(rows)  # as text: NaN != NaN
+    assert all(r["pred"] > 0 and r["true"] > 0 for r in rows)
 
 
 def test_site_without_labels_trains_nothing(tiny_federation, cache_dir):
