@@ -217,9 +217,8 @@ def train(msg: Message, context: Context) -> Message:
     settings, server_round, device, model, split = _prepare(msg, context, "train")
     privacy = site_privacy(context, settings)
     if privacy is None:
-        workers = int(context.node_config.get("loader-workers", -1))  # -1: automatic, as in hospital.toml
-        workers = None if workers < 0 else workers
-        metrics = train_local(model, split.data, settings.train_settings(server_round), device, workers) | NO_DP
+        metrics = train_local(model, split.data, settings.train_settings(server_round), device, _workers(context))
+        metrics |= NO_DP
     else:
         metrics = _train_private(model, split, context, settings, server_round, device, privacy, _run_key(msg, context))
     metrics["skipped-studies"] = len(split.skipped)
@@ -289,9 +288,16 @@ def _run_key(msg: Message, context: Context) -> str:
     return str(config.get(RUN_KEY) or context.run_id)
 
 
+def _workers(context: Context) -> int | None:
+    """The hospital's ``loader-workers``: processes that make training patches and measure validation maps
+    (None: automatic, see :func:`~fedaaa.common.training.loader_workers`)."""
+    workers = int(context.node_config.get("loader-workers", -1))  # -1: automatic, as in hospital.toml
+    return None if workers < 0 else workers
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     _, _, device, model, split = _prepare(msg, context, "val")
-    stats = evaluate_local(model, split.data, device)
+    stats = evaluate_local(model, split.data, device, _workers(context))
     stats["skipped-studies"] = len(split.skipped)
     return _reply(msg, stats, EVALUATE_KEYS)

@@ -231,9 +231,12 @@ def measure_maps(
     )
 
 
-def evaluate_local(model: AortaNet, data: StudySet, device: torch.device) -> EvaluationStats:
-    """Sums and counts of this site's studies (no per-study value leaves it)."""
-    rows = predict_set(model, data, device)
+def evaluate_local(
+    model: AortaNet, data: StudySet, device: torch.device, workers: int | None = None
+) -> EvaluationStats:
+    """Sums and counts of this site's studies (no per-study value leaves it); ``workers``: see
+    :func:`predict_set`."""
+    rows = predict_set(model, data, device, workers)
     return evaluation_stats(
         np.array([r["diameter"] for r in rows], dtype=float),
         np.array(data.aaa),
