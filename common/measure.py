@@ -59,6 +59,9 @@ PIXEL_MM = 0.5  # pixel of the perpendicular planes
 CONTOUR_HARMONICS = 6  # Fourier harmonics kept of each closed contour line (arc-length parametrised)
 CONTOUR_POINTS = 128  # points a closed contour line is resampled to before its low-pass
 FERET_ALL_PAIRS = 1024  # up to this many contour points, every pair is compared (no convex hull first)
+NECK_SHARE = 0.75  # a piece joined to the cut's body by a neck narrower than this share of the body's width ...
+NECK_MAX_MM = 7.0  # ... (at most twice this radius) is a neighbour touching the aorta, not aorta
+NECK_MIN_MM = 3.0
 MAX_HALF_WIDTH_MM = 75.0  # widest plane: room for a 120 mm aneurysm off-centre
 MIN_HALF_WIDTH_MM = 10.0
 SMOOTH_SIGMA_MM = 7.0  # centreline smoothing along z
@@ -558,17 +561,9 @@ def _region(
     reaches the plane's border) or "truncated" (it reaches the scanned grid's border)."""
     e1, e2 = plane_basis(normal)
     t, values, outside = sampler.plane(centre, e1, e2, half, pixel)
-    fg = values >= level
-    labels, n = ndimage.label(fg, structure=_RING)
-    if n == 0:
+    region = _centre_region(values >= level)
+    if region is None:
         return "empty"
-    c = len(t) // 2
-    lab = labels[c, c]
-    if lab == 0:  # the centreline lies outside the vessel here (a bend, a bifurcation): the nearest region
-        vv, uu = np.nonzero(fg)
-        near = int(np.argmin((vv - c) ** 2 + (uu - c) ** 2))
-        lab = labels[vv[near], uu[near]]
-    region = labels == lab
     if region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any():
         return "open"
     if (_grow(region) & outside).any():
@@ -576,12 +571,73 @@ def _region(
     return _Region(e1, e2, t, values, region)
 
 
+def _body(region: np.ndarray, pixel: float) -> np.ndarray:
+    """The cut's region without what hangs on it by a narrow neck: a vein, a crus or a loop of bowel that
+    touches the aorta and took the segmentation with it. The region is opened (eroded, then dilated) by a
+    disk of radius :data:`NECK_SHARE` of its largest inscribed circle's (between :data:`NECK_MIN_MM` and
+    :data:`NECK_MAX_MM`): a strip narrower than the disk goes. Where the eroded region is in pieces (two
+    vessels side by side, touching), each pixel belongs to the nearest piece, and the largest share is kept.
+    A round or oval section, with or without its thrombus, is its own opening; the region is returned as it
+    is when the disk fits nowhere."""
+    vv, uu = np.nonzero(region)
+    if not len(vv):
+        return region
+    k = int(np.ceil(NECK_MAX_MM / pixel)) + 2
+    box = (slice(int(vv.min()), int(vv.max()) + 1), slice(int(uu.min()), int(uu.max()) + 1))
+    padded = np.pad(region[box], k)
+    inside = ndimage.distance_transform_edt(padded, sampling=pixel)
+    radius = float(np.clip(NECK_SHARE * inside.max(), NECK_MIN_MM, NECK_MAX_MM))
+    core = inside > radius
+    if not core.any():
+        return region
+    pieces, n = ndimage.label(core, structure=_RING)
+    if n > 1:
+        distance, nearest = ndimage.distance_transform_edt(~core, sampling=pixel, return_indices=True)
+        body = (distance <= radius) & padded
+        owner = pieces[nearest[0], nearest[1]]
+        body &= owner == int(np.argmax(np.bincount(owner[body], minlength=n + 1)[1:])) + 1
+    else:
+        body = (ndimage.distance_transform_edt(~core, sampling=pixel) <= radius) & padded
+    labels, n = ndimage.label(body, structure=_RING)
+    if n > 1:
+        body = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    out = np.zeros_like(region)
+    out[box] = body[k:-k, k:-k]
+    return out
+
+
+def _centre_region(fg: np.ndarray) -> np.ndarray | None:
+    """The piece of a square plane's foreground holding its centre pixel (or nearest to it); None if empty."""
+    labels, n = ndimage.label(fg, structure=_RING)
+    if n == 0:
+        return None
+    c = fg.shape[0] // 2
+    lab = labels[c, c]
+    if lab == 0:  # the centreline lies outside the vessel here (a bend, a bifurcation): the nearest region
+        vv, uu = np.nonzero(fg)
+        near = int(np.argmin((vv - c) ** 2 + (uu - c) ** 2))
+        lab = labels[vv[near], uu[near]]
+    return labels == lab
+
+
+def measured_outline(values: np.ndarray, pixel_mm: float = PIXEL_MM, level: float = 0.5) -> np.ndarray:
+    """What a cut measures of a square plane sampled round a centreline point (``values`` from
+    :func:`component_field`, odd side, ``pixel_mm`` pixels): the values on the region holding the centre,
+    without what hangs on it by a narrow neck, and on its 1-pixel ring; zero elsewhere. Its ``level``
+    contour is the outline the caliper spans."""
+    values = np.asarray(values, dtype=np.float64)
+    region = _centre_region(values >= level)
+    if region is None:
+        return np.zeros_like(values)
+    return np.where(_grow(np.pad(_body(region, pixel_mm), 1))[1:-1, 1:-1], values, 0.0)
+
+
 def _cut(r: _Region, centre: np.ndarray, level: float) -> tuple[float, np.ndarray] | None:
-    """The maximum Feret diameter of the region's ``level`` contour (sub-pixel, smoothed) and its caliper ends
-    (2, 3)."""
+    """The maximum Feret diameter of the ``level`` contour (sub-pixel, smoothed) of the region's body (what
+    hangs on it by a narrow neck left out) and its caliper ends (2, 3)."""
     import contourpy
 
-    grown = _grow(r.region)
+    grown = _grow(_body(r.region, float(r.t[1] - r.t[0])))
     vv, uu = np.nonzero(grown)  # the contour is traced on the grown region's box and its ring of zeros
     v = slice(max(int(vv.min()) - 1, 0), int(vv.max()) + 2)
     u = slice(max(int(uu.min()) - 1, 0), int(uu.max()) + 2)

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import numpy as np
 
 from fedaaa.common.clinical import DISCLAIMER, diameter_category
-from fedaaa.common.measure import Measurement, component_field, plane_basis, sample_plane
+from fedaaa.common.measure import Measurement, component_field, measured_outline, plane_basis, sample_plane
 from fedaaa.common.text import printable
 
 __all__ = ["safe_stem", "write_index", "write_study_report"]
@@ -31,6 +31,7 @@ TITLE_LIMIT = 80  # a study name in a picture's title
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _OUTLINE = "#ffb000"  # the measured outline (amber: seen on grey, distinct from the caliper)
 _CALIPER = "#00e5ff"  # the caliper (cyan)
+_LEFT_OUT = "#b0b0b0"  # segmented, but left out of the measurement (grey, dashed)
 _CENTRELINE = "#ff3b6b"  # the centreline (pink-red)
 _OUTSIDE = "#1a2b4a"  # pixels outside the scanned grid
 
@@ -114,7 +115,13 @@ def _section_png(
     extent = (t[0] - step / 2, t[-1] + step / 2, t[0] - step / 2, t[-1] + step / 2)
     ax.imshow(np.ma.masked_invalid(img), cmap=cmap, vmin=lo, vmax=hi, origin="lower", extent=extent,
               interpolation="bilinear")  # fmt: skip
-    ax.contour(t, t, pv, levels=[level], colors=[_OUTLINE], linewidths=1.4)
+    measured = measured_outline(pv, float(t[1] - t[0]), level)
+    left_out = int((pv >= level).sum() - (measured >= level).sum())
+    if left_out * (t[1] - t[0]) ** 2 >= 4.0:  # segmented but not measured: joined to the aorta by a narrow neck
+        ax.contour(t, t, pv, levels=[level], colors=[_LEFT_OUT], linewidths=1.0, linestyles="dashed")
+        ax.text(0.02, 0.98, "dashed: segmented, but joined\nby a narrow neck: not measured", transform=ax.transAxes,
+                color="white", fontsize=8, ha="left", va="top", bbox={"fc": "black", "ec": _LEFT_OUT, "alpha": 0.7})  # fmt: skip
+    ax.contour(t, t, measured, levels=[level], colors=[_OUTLINE], linewidths=1.4)
     # the caliper: ends in plane coordinates, a line with ticks across at both ends
     rel = s.ends_mm - s.centre_mm[None, :]
     uv = np.stack([rel @ e1, rel @ e2], axis=1)
@@ -128,7 +135,7 @@ def _section_png(
     ax.plot([0.0], [0.0], marker="+", color=_CENTRELINE, markersize=9, markeredgewidth=1.5)
     # the value just outside the outline, across the caliper's middle (the other side if that leaves the view)
     mid = uv.mean(axis=0)
-    vv, uu = np.nonzero(pv >= level)
+    vv, uu = np.nonzero(measured >= level)
     inside = np.stack([t[uu], t[vv]], axis=1) - mid[None, :]
     label_at = mid
     for side in (1.0, -1.0):

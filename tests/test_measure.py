@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from fedaaa.common.measure import Measurement, measure_aorta
+from fedaaa.common.measure import Measurement, measure_aorta, measured_outline
 from fedaaa.common.report import safe_stem, write_index, write_study_report
 
 SPACING = np.array([1.5, 1.5, 3.0])
@@ -250,6 +250,44 @@ def test_the_tube_is_measured_not_the_larger_blob():
     pieces = np.maximum(np.hypot(x - 25.0, y) - 11.0, np.abs(((z + 200.0) % 70.0) - 35.0) - 30.0)
     m = measure_aorta(np.maximum(soft(pieces), soft(ball)), affine)
     assert m.measurable and abs(m.max_diameter_mm - 22.0) < 1.5 and not m.mask[ball < 0].any()
+
+
+def test_neighbours_touching_the_aorta_are_not_measured_with_it():
+    """A 20 mm aorta bulging to 26 mm at z = -40 mm. At z = +30 mm a 7 mm vein crosses in front of it (as the
+    left renal vein does) and touches it, and an 18 mm vein runs beside it over its whole length, joined by a
+    neck: a segmentation that leaked into both. Neither is measured as aorta."""
+    affine, p = grid()
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    r = 10.0 + 3.0 * 0.5 * (1 + np.cos(np.pi * np.clip((z + 40.0) / 30.0, -1, 1)))
+    aorta = np.hypot(x, y) - r
+    crossing = np.maximum(np.hypot(y - 13.0, z - 30.0) - 3.5, np.abs(x) - 35.0)
+    beside = np.hypot(x + 20.0, y) - 9.0
+    neck = np.maximum(np.abs(y) - 2.0, np.abs(x + 10.0) - 3.0)
+    prob = soft(np.minimum.reduce([aorta, crossing, beside, neck]))
+    m = measure_aorta(prob, affine)
+    assert m.measurable, m.reason
+    assert abs(m.max_diameter_mm - 26.0) < 1.0, m.max_diameter_mm
+    assert abs(m.max_section.centre_mm[2] + 40.0) < 10.0
+    assert all(s.diameter_mm < 27.0 for s in m.sections)
+    feret_ok(m)
+    # an oval sac with its thrombus is its own body: nothing of it is left out
+    sac = np.hypot(x / 30.0, y / 22.0) * 22.0 - 22.0
+    m = measure_aorta(soft(np.maximum(np.minimum(aorta, sac), np.abs(z) - 70.0)), affine)
+    assert m.measurable and abs(m.max_diameter_mm - 60.0) < 1.0, m.max_diameter_mm
+
+
+def test_the_outline_measured_leaves_out_only_what_hangs_on_a_neck():
+    t = np.arange(-40.0, 40.25, 0.5)
+    u, v = np.meshgrid(t, t)
+    aorta = np.hypot(u, v) - 10.0
+    strip = np.maximum(np.abs(v - 12.0) - 3.0, np.abs(u) - 30.0)  # 6 mm thick, 60 mm long, touching it
+    plane = soft(np.minimum(aorta, strip))
+    measured = measured_outline(plane)
+    assert (plane >= 0.5).sum() * 0.25 > 600.0  # the 314 mm2 disc and the strip
+    assert abs((measured >= 0.5).sum() * 0.25 - np.pi * 100.0) < 20.0  # the disc, with the strip's foot
+    assert np.array_equal(measured_outline(soft(aorta)) >= 0.5, soft(aorta) >= 0.5)
+    far = soft(np.minimum(aorta, np.hypot(u - 30.0, v) - 5.0))  # a separate blob: not the centre's region
+    assert np.array_equal(measured_outline(far) >= 0.5, soft(aorta) >= 0.5)
 
 
 def crab(x, y, z, half_height=30.0):
