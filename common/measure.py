@@ -62,6 +62,7 @@ FERET_ALL_PAIRS = 1024  # up to this many contour points, every pair is compared
 NECK_SHARE = 0.75  # a piece joined to the cut's body by a neck narrower than this share of the body's width ...
 NECK_MAX_MM = 7.0  # ... (at most twice this radius) is a neighbour touching the aorta, not aorta
 NECK_MIN_MM = 3.0
+RIM_MM = 4.0  # what the opening took but reaches no further than this beyond the body (wall, thrombus) is kept
 MAX_HALF_WIDTH_MM = 75.0  # widest plane: room for a 120 mm aneurysm off-centre
 MIN_HALF_WIDTH_MM = 10.0
 SMOOTH_SIGMA_MM = 7.0  # centreline smoothing along z
@@ -577,8 +578,9 @@ def _body(region: np.ndarray, pixel: float) -> np.ndarray:
     disk of radius :data:`NECK_SHARE` of its largest inscribed circle's (between :data:`NECK_MIN_MM` and
     :data:`NECK_MAX_MM`): a strip narrower than the disk goes. Where the eroded region is in pieces (two
     vessels side by side, touching), each pixel belongs to the nearest piece, and the largest share is kept.
-    A round or oval section, with or without its thrombus, is its own opening; the region is returned as it
-    is when the disk fits nowhere."""
+    Of what was taken away, each piece that reaches no more than :data:`RIM_MM` beyond the body (a rim of
+    wall or thrombus along its edge) is given back. A round or oval section, with or without its thrombus,
+    is its own opening; the region is returned as it is when the disk fits nowhere."""
     vv, uu = np.nonzero(region)
     if not len(vv):
         return region
@@ -601,6 +603,10 @@ def _body(region: np.ndarray, pixel: float) -> np.ndarray:
     labels, n = ndimage.label(body, structure=_RING)
     if n > 1:
         body = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    rest, n = ndimage.label(padded & ~body, structure=_RING)
+    if n:  # a rim along the body's edge (a thrombus the network saw in part) is vessel: it stays
+        beyond = ndimage.maximum(ndimage.distance_transform_edt(~body, sampling=pixel), rest, np.arange(1, n + 1))
+        body |= np.concatenate([[False], np.asarray(beyond) <= RIM_MM])[rest]
     out = np.zeros_like(region)
     out[box] = body[k:-k, k:-k]
     return out

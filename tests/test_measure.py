@@ -286,6 +286,9 @@ def test_the_outline_measured_leaves_out_only_what_hangs_on_a_neck():
     assert (plane >= 0.5).sum() * 0.25 > 600.0  # the 314 mm2 disc and the strip
     assert abs((measured >= 0.5).sum() * 0.25 - np.pi * 100.0) < 20.0  # the disc, with the strip's foot
     assert np.array_equal(measured_outline(soft(aorta)) >= 0.5, soft(aorta) >= 0.5)
+    rim = np.maximum(np.hypot(u, v) - 13.0, -v)  # a 3 mm rim of thrombus along half its edge: kept
+    plane = soft(np.minimum(aorta, rim))
+    assert np.array_equal(measured_outline(plane) >= 0.5, plane >= 0.5)
     far = soft(np.minimum(aorta, np.hypot(u - 30.0, v) - 5.0))  # a separate blob: not the centre's region
     assert np.array_equal(measured_outline(far) >= 0.5, soft(aorta) >= 0.5)
 
