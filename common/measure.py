@@ -595,18 +595,20 @@ def _body(region: np.ndarray, pixel: float) -> np.ndarray:
     pieces, n = ndimage.label(core, structure=_RING)
     if n > 1:
         distance, nearest = ndimage.distance_transform_edt(~core, sampling=pixel, return_indices=True)
-        body = (distance <= radius) & padded
         owner = pieces[nearest[0], nearest[1]]
-        body &= owner == int(np.argmax(np.bincount(owner[body], minlength=n + 1)[1:])) + 1
+        kept = int(np.argmax(np.bincount(owner[(distance <= radius) & padded], minlength=n + 1)[1:])) + 1
+        distance = ndimage.distance_transform_edt(pieces != kept, sampling=pixel)  # to the kept piece only
+        body = (distance <= radius) & padded & (owner == kept)
     else:
-        body = (ndimage.distance_transform_edt(~core, sampling=pixel) <= radius) & padded
+        distance = ndimage.distance_transform_edt(~core, sampling=pixel)
+        body = (distance <= radius) & padded
     labels, n = ndimage.label(body, structure=_RING)
     if n > 1:
         body = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
     rest, n = ndimage.label(padded & ~body, structure=_RING)
     if n:  # a rim along the body's edge (a thrombus the network saw in part) is vessel: it stays
-        beyond = ndimage.maximum(ndimage.distance_transform_edt(~body, sampling=pixel), rest, np.arange(1, n + 1))
-        body |= np.concatenate([[False], np.asarray(beyond) <= RIM_MM])[rest]
+        beyond = np.asarray(ndimage.maximum(distance, rest, np.arange(1, n + 1))) - radius  # beyond the body's disks
+        body |= np.concatenate([[False], beyond <= RIM_MM])[rest]
     out = np.zeros_like(region)
     out[box] = body[k:-k, k:-k]
     return out
