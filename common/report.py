@@ -117,10 +117,11 @@ def _section_png(
               interpolation="bilinear")  # fmt: skip
     measured = measured_outline(pv, float(t[1] - t[0]), level)
     left_out = int((pv >= level).sum() - (measured >= level).sum())
-    if left_out * (t[1] - t[0]) ** 2 >= 4.0:  # segmented but not measured: joined to the aorta by a narrow neck
+    if left_out * (t[1] - t[0]) ** 2 >= 4.0:  # segmented, not measured: on a narrow neck, or apart in this plane
         ax.contour(t, t, pv, levels=[level], colors=[_LEFT_OUT], linewidths=1.0, linestyles="dashed")
-        ax.text(0.02, 0.98, "dashed: segmented, but joined\nby a narrow neck: not measured", transform=ax.transAxes,
-                color="white", fontsize=8, ha="left", va="top", bbox={"fc": "black", "ec": _LEFT_OUT, "alpha": 0.7})  # fmt: skip
+        legend = "dashed: segmented, not measured\n(joined by a narrow neck,\nor apart in this plane)"
+        ax.text(0.02, 0.98, legend, transform=ax.transAxes, color="white", fontsize=8, ha="left", va="top",
+                bbox={"fc": "black", "ec": _LEFT_OUT, "alpha": 0.7})  # fmt: skip
     ax.contour(t, t, measured, levels=[level], colors=[_OUTLINE], linewidths=1.4)
     # the caliper: ends in plane coordinates, a line with ticks across at both ends
     rel = s.ends_mm - s.centre_mm[None, :]
